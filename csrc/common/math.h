@@ -1,0 +1,42 @@
+// Scalar/vector math hooks shared by the CPU (at::vec) and CUDA kernels.
+// The per-element formulas in csrc/common/*_math.h are templates over T = float, double (CPU scalar
+// tails, CUDA) or at::vec::Vectorized<float|double> (CPU); the CPU kernels specialize these hooks for
+// the vector types in csrc/cpu/vec_math.h. No torch headers here: nvcc compiles this file too.
+#pragma once
+#include <math.h>
+
+#if defined(__CUDACC__)
+#define FASTLV_HD __host__ __device__ __forceinline__
+#else
+#define FASTLV_HD inline
+#endif
+
+namespace fastlv {
+
+constexpr double kHalfLog2Pi = 0.91893853320467274178;  // 0.5 * log(2 * pi)
+
+template <typename T> FASTLV_HD T exp_of(T v);
+template <typename T> FASTLV_HD T log_of(T v);
+template <typename T> FASTLV_HD T max_of(T a, T b);
+template <typename T> FASTLV_HD T min_of(T a, T b);
+// v where lo <= x <= hi, else 0 (gradient of a clamp).
+template <typename T> FASTLV_HD T where_in_range(T x, T lo, T hi, T v);
+
+template <> FASTLV_HD float exp_of<float>(float v) { return expf(v); }
+template <> FASTLV_HD double exp_of<double>(double v) { return exp(v); }
+template <> FASTLV_HD float log_of<float>(float v) { return logf(v); }
+template <> FASTLV_HD double log_of<double>(double v) { return log(v); }
+template <> FASTLV_HD float max_of<float>(float a, float b) { return a > b ? a : b; }
+template <> FASTLV_HD double max_of<double>(double a, double b) { return a > b ? a : b; }
+template <> FASTLV_HD float min_of<float>(float a, float b) { return a < b ? a : b; }
+template <> FASTLV_HD double min_of<double>(double a, double b) { return a < b ? a : b; }
+template <> FASTLV_HD float where_in_range<float>(float x, float lo, float hi, float v) {
+  return (x >= lo && x <= hi) ? v : 0.0f;
+}
+template <> FASTLV_HD double where_in_range<double>(double x, double lo, double hi, double v) {
+  return (x >= lo && x <= hi) ? v : 0.0;
+}
+
+template <typename T> FASTLV_HD T clamp_of(T v, T lo, T hi) { return min_of(max_of(v, lo), hi); }
+
+}  // namespace fastlv

@@ -1,0 +1,353 @@
+// CPU kernels of the Gaussian-mixture log-likelihood (fastlv_C::gmm_log_prob, diag_gmm_log_prob).
+//
+// Per-element mixture (x [N], params [N, K]): K is small (1..64), so a vector holds W = 16 (fp32,
+// AVX-512) elements and the kernel loops over k, gathering component k of the W elements; every
+// input is read from memory once. Full-frame mixture (x [N, D],
+// params [N, K, D]): vectorized over D, one frame per task; the backward re-reads the frame's
+// [K, D] parameters from cache after computing the responsibilities.
+// Forward saves only log p and logsumexp(logits) per element; the backward recomputes the rest.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/gmm_math.h"
+#include "cpu/vec_math.h"
+
+namespace fastlv {
+namespace {
+
+template <typename scalar_t>
+using Vec = at::vec::Vectorized<scalar_t>;
+
+// A block is W = Vec::size() consecutive elements; component k of all of them is one strided gather
+// (element stride K). A partial last block is first copied into zero-padded scratch.
+template <typename scalar_t>
+struct Block {
+  using V = Vec<scalar_t>;
+  using Index = Vec<at::vec::int_same_size_t<scalar_t>>;
+  static constexpr int64_t W = V::size();
+  Index stride;  // [0, K, 2K, ...]
+  explicit Block(int64_t K) : stride(Index::arange(0, K)) {}
+  V load(const scalar_t* params, int64_t k) const {
+    return at::vec::gather<sizeof(scalar_t)>(params + k, stride);
+  }
+};
+
+// Copy the first count rows of a [count, K] array into a zero-padded [W, K] scratch array.
+template <typename scalar_t>
+const scalar_t* pad_block(const scalar_t* src, int64_t count, int64_t K, scalar_t* scratch) {
+  std::fill(scratch, scratch + Vec<scalar_t>::size() * K, scalar_t(0));
+  std::copy(src, src + count * K, scratch);
+  return scratch;
+}
+
+constexpr int64_t kBlocksPerTask = 16;  // grain of at::parallel_for, in blocks of W elements
+
+template <typename scalar_t>
+void gmm_forward_kernel(const scalar_t* x, const scalar_t* logits, const scalar_t* mu,
+                        const scalar_t* log_sigma, int64_t N, int64_t K, scalar_t lo, scalar_t hi,
+                        scalar_t* log_prob, scalar_t* lse_logits) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t W = V::size();
+  const Block<scalar_t> block(K);
+  at::parallel_for(0, (N + W - 1) / W, kBlocksPerTask, [&](int64_t b0, int64_t b1) {
+    std::vector<scalar_t> buf(5 * K * W);  // a_k and logit_k per lane, then 3 padded tail inputs
+    scalar_t *t_a = buf.data(), *t_logit = t_a + K * W, *tail = t_logit + K * W;
+    const V vlo(lo), vhi(hi), neg_inf(-std::numeric_limits<scalar_t>::infinity());
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * W, count = std::min(W, N - n0);
+      const scalar_t *l_in = logits + n0 * K, *mu_in = mu + n0 * K, *ls_in = log_sigma + n0 * K;
+      if (count < W) {
+        l_in = pad_block(l_in, count, K, tail);
+        mu_in = pad_block(mu_in, count, K, tail + K * W);
+        ls_in = pad_block(ls_in, count, K, tail + 2 * K * W);
+      }
+      const V vx = V::loadu(x + n0, count);
+      V max_a = neg_inf, max_l = neg_inf;
+      for (int64_t k = 0; k < K; ++k) {
+        V z, inv_sigma;
+        const V l = block.load(l_in, k), ls = clamp_of(block.load(ls_in, k), vlo, vhi);
+        const V a = l + gaussian_log_density(vx, block.load(mu_in, k), ls, z, inv_sigma);
+        a.store(t_a + k * W);
+        l.store(t_logit + k * W);
+        max_a = max_of(max_a, a);
+        max_l = max_of(max_l, l);
+      }
+      V sum_a(0), sum_l(0);
+      for (int64_t k = 0; k < K; ++k) {
+        sum_a += exp_of(V::loadu(t_a + k * W) - max_a);
+        sum_l += exp_of(V::loadu(t_logit + k * W) - max_l);
+      }
+      const V lse_l = logsumexp_finish(max_l, sum_l);
+      (logsumexp_finish(max_a, sum_a) - lse_l).store(log_prob + n0, count);
+      lse_l.store(lse_logits + n0, count);
+    }
+  });
+}
+
+// The backward needs no reduction over k except d_x, so it runs in the native [N, K] layout: a chunk
+// of elements is expanded into per-(n, k) copies of its per-element values (x, grad, the two
+// log-normalizers), then every (n, k) is one lane of contiguous vector loads and stores.
+constexpr int64_t kBackwardChunk = 64;  // elements per chunk: 64 * K values stay in L1
+
+template <typename scalar_t>
+void gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, const scalar_t* logits,
+                         const scalar_t* mu, const scalar_t* log_sigma, const scalar_t* log_prob,
+                         const scalar_t* lse_logits, int64_t N, int64_t K, scalar_t lo, scalar_t hi,
+                         scalar_t* d_x, scalar_t* d_logits, scalar_t* d_mu, scalar_t* d_log_sigma) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t W = V::size();
+  at::parallel_for(0, (N + kBackwardChunk - 1) / kBackwardChunk, 4, [&](int64_t c0, int64_t c1) {
+    std::vector<scalar_t> buf(4 * kBackwardChunk * K);
+    scalar_t *x_rep = buf.data(), *g_rep = x_rep + kBackwardChunk * K;
+    scalar_t *lse_a_rep = g_rep + kBackwardChunk * K, *lse_l_rep = lse_a_rep + kBackwardChunk * K;
+    const V vlo(lo), vhi(hi);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t n0 = c * kBackwardChunk, n1 = std::min(N, n0 + kBackwardChunk), size = (n1 - n0) * K;
+      for (int64_t n = n0; n < n1; ++n) {
+        const int64_t i = (n - n0) * K;
+        std::fill_n(x_rep + i, K, x[n]);
+        std::fill_n(g_rep + i, K, grad[n]);
+        std::fill_n(lse_a_rep + i, K, log_prob[n] + lse_logits[n]);
+        std::fill_n(lse_l_rep + i, K, lse_logits[n]);
+      }
+      const int64_t off = n0 * K;
+      for (int64_t i = 0; i < size; i += W) {
+        const int64_t count = std::min(W, size - i);
+        V z, inv_sigma, dmu, dls;
+        const V l = V::loadu(logits + off + i, count), ls_raw = V::loadu(log_sigma + off + i, count);
+        const V a = l + gaussian_log_density(V::loadu(x_rep + i, count), V::loadu(mu + off + i, count),
+                                             clamp_of(ls_raw, vlo, vhi), z, inv_sigma);
+        const V g = V::loadu(g_rep + i, count);
+        const V r = g * exp_of(a - V::loadu(lse_a_rep + i, count));
+        const V w = g * exp_of(l - V::loadu(lse_l_rep + i, count));
+        gaussian_term_grads(r, z, inv_sigma, ls_raw, vlo, vhi, dmu, dls);
+        (r - w).store(d_logits + off + i, count);
+        dmu.store(d_mu + off + i, count);
+        dls.store(d_log_sigma + off + i, count);
+      }
+      for (int64_t n = n0; n < n1; ++n) {  // d_x = -sum_k d_mu, re-read from L1
+        scalar_t sum = 0;
+        for (int64_t k = 0; k < K; ++k) sum += d_mu[n * K + k];
+        d_x[n] = -sum;
+      }
+    }
+  });
+}
+
+// Sum over d < D of log N(x_d; mu_d, sigma_d): vector body plus a masked vector tail.
+template <typename scalar_t>
+scalar_t frame_log_density(const scalar_t* x, const scalar_t* mu, const scalar_t* log_sigma, int64_t D,
+                           scalar_t lo, scalar_t hi) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t W = V::size();
+  V acc(0), z, inv_sigma;
+  for (int64_t d = 0; d < D; d += W) {
+    const int64_t count = std::min(W, D - d);
+    const V ls = clamp_of(V::loadu(log_sigma + d, count), V(lo), V(hi));
+    const V term = gaussian_log_density(V::loadu(x + d, count), V::loadu(mu + d, count), ls, z, inv_sigma);
+    acc += count == W ? term : V::set(V(0), term, count);
+  }
+  return at::vec::vec_reduce_all<scalar_t>([](V a, V b) { return a + b; }, acc);
+}
+
+// Component log-joints a_k = logit_k + log N(x; mu_k, sigma_k) of one frame; returns logsumexp_k a_k
+// and stores logsumexp_k logit_k into *lse_l.
+template <typename scalar_t>
+scalar_t frame_component_logits(const scalar_t* x, const scalar_t* logits, const scalar_t* mu,
+                                const scalar_t* log_sigma, int64_t K, int64_t D, scalar_t lo, scalar_t hi,
+                                scalar_t* a, scalar_t* lse_l) {
+  scalar_t max_a = -std::numeric_limits<scalar_t>::infinity(), max_l = max_a;
+  for (int64_t k = 0; k < K; ++k) {
+    a[k] = logits[k] + frame_log_density(x, mu + k * D, log_sigma + k * D, D, lo, hi);
+    max_a = max_of(max_a, a[k]);
+    max_l = max_of(max_l, logits[k]);
+  }
+  scalar_t sum_a = 0, sum_l = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    sum_a += exp_of(a[k] - max_a);
+    sum_l += exp_of(logits[k] - max_l);
+  }
+  *lse_l = logsumexp_finish(max_l, sum_l);
+  return logsumexp_finish(max_a, sum_a);
+}
+
+template <typename scalar_t>
+void diag_gmm_forward_kernel(const scalar_t* x, const scalar_t* logits, const scalar_t* mu,
+                             const scalar_t* log_sigma, int64_t N, int64_t K, int64_t D, scalar_t lo,
+                             scalar_t hi, scalar_t* log_prob, scalar_t* lse_logits) {
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<scalar_t> a(K);
+    for (int64_t n = n0; n < n1; ++n) {
+      const scalar_t lse_a = frame_component_logits(x + n * D, logits + n * K, mu + n * K * D,
+                                                    log_sigma + n * K * D, K, D, lo, hi, a.data(),
+                                                    lse_logits + n);
+      log_prob[n] = lse_a - lse_logits[n];
+    }
+  });
+}
+
+template <typename scalar_t>
+void diag_gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, const scalar_t* logits,
+                              const scalar_t* mu, const scalar_t* log_sigma, int64_t N, int64_t K,
+                              int64_t D, scalar_t lo, scalar_t hi, scalar_t* d_x, scalar_t* d_logits,
+                              scalar_t* d_mu, scalar_t* d_log_sigma) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t W = V::size();
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<scalar_t> a(K);
+    for (int64_t n = n0; n < n1; ++n) {
+      // Pass 1 recomputes the responsibilities (reads the frame from memory), pass 2 the gradients
+      // (reads it again from cache: K * D values per frame).
+      const scalar_t* xn = x + n * D;
+      scalar_t lse_l;
+      const scalar_t lse_a = frame_component_logits(xn, logits + n * K, mu + n * K * D,
+                                                    log_sigma + n * K * D, K, D, lo, hi, a.data(), &lse_l);
+      for (int64_t d = 0; d < D; ++d) d_x[n * D + d] = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const scalar_t r = grad[n] * exp_of(a[k] - lse_a);
+        d_logits[n * K + k] = r - grad[n] * exp_of(logits[n * K + k] - lse_l);
+        const int64_t off = (n * K + k) * D;
+        for (int64_t d = 0; d < D; d += W) {
+          const int64_t count = std::min(W, D - d);
+          V z, inv_sigma, dmu, dls;
+          const V ls_raw = V::loadu(log_sigma + off + d, count);
+          gaussian_log_density(V::loadu(xn + d, count), V::loadu(mu + off + d, count),
+                               clamp_of(ls_raw, V(lo), V(hi)), z, inv_sigma);
+          gaussian_term_grads(V(r), z, inv_sigma, ls_raw, V(lo), V(hi), dmu, dls);
+          dmu.store(d_mu + off + d, count);
+          dls.store(d_log_sigma + off + d, count);
+          (V::loadu(d_x + n * D + d, count) - dmu).store(d_x + n * D + d, count);
+        }
+      }
+    }
+  });
+}
+
+void check_gmm_args(const at::Tensor& x, const at::Tensor& logits, const at::Tensor& mu,
+                    const at::Tensor& log_sigma, bool full_frame) {
+  check_float(x, "x");
+  check_same(logits, x, "logits", "x");
+  check_same(mu, x, "mu", "x");
+  check_same(log_sigma, x, "log_sigma", "x");
+  TORCH_CHECK(logits.dim() >= 1, "fastlv: logits must have a trailing component dimension K");
+  const int64_t K = logits.size(-1);
+  TORCH_CHECK(K >= 1, "fastlv: logits must have at least one component (K >= 1)");
+  std::vector<int64_t> param_shape = x.sizes().vec();
+  if (full_frame) {
+    TORCH_CHECK(x.dim() >= 1, "fastlv: x must have a trailing data dimension D");
+    param_shape.insert(param_shape.end() - 1, K);  // [..., K, D]
+    std::vector<int64_t> logits_shape(x.sizes().begin(), x.sizes().end() - 1);
+    logits_shape.push_back(K);
+    check_shape(logits, logits_shape, "logits");
+  } else {
+    param_shape.push_back(K);  // [..., K]
+    check_shape(logits, param_shape, "logits");
+  }
+  check_shape(mu, param_shape, "mu");
+  check_shape(log_sigma, param_shape, "log_sigma");
+}
+
+std::tuple<at::Tensor, at::Tensor> gmm_log_prob_cpu(const at::Tensor& x, const at::Tensor& logits,
+                                                    const at::Tensor& mu, const at::Tensor& log_sigma,
+                                                    double lo, double hi) {
+  check_gmm_args(x, logits, mu, log_sigma, /*full_frame=*/false);
+  auto xc = x.contiguous(), lc = logits.contiguous(), mc = mu.contiguous(), sc = log_sigma.contiguous();
+  auto log_prob = at::empty_like(xc), lse_logits = at::empty_like(xc);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_log_prob_cpu", [&] {
+    gmm_forward_kernel<scalar_t>(xc.data_ptr<scalar_t>(), lc.data_ptr<scalar_t>(), mc.data_ptr<scalar_t>(),
+                                 sc.data_ptr<scalar_t>(), xc.numel(), logits.size(-1), lo, hi,
+                                 log_prob.data_ptr<scalar_t>(), lse_logits.data_ptr<scalar_t>());
+  });
+  return {log_prob, lse_logits};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_log_prob_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& logits, const at::Tensor& mu,
+    const at::Tensor& log_sigma, const at::Tensor& log_prob, const at::Tensor& lse_logits, double lo,
+    double hi) {
+  check_gmm_args(x, logits, mu, log_sigma, /*full_frame=*/false);
+  check_shape(grad, x.sizes(), "grad");
+  auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), lc = logits.contiguous();
+  auto mc = mu.contiguous(), sc = log_sigma.contiguous();
+  auto pc = log_prob.contiguous(), ec = lse_logits.contiguous();
+  auto d_x = at::empty_like(xc), d_logits = at::empty_like(lc), d_mu = at::empty_like(mc);
+  auto d_log_sigma = at::empty_like(sc);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_log_prob_backward_cpu", [&] {
+    gmm_backward_kernel<scalar_t>(gc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), lc.data_ptr<scalar_t>(),
+                                  mc.data_ptr<scalar_t>(), sc.data_ptr<scalar_t>(), pc.data_ptr<scalar_t>(),
+                                  ec.data_ptr<scalar_t>(), xc.numel(), logits.size(-1), lo, hi,
+                                  d_x.data_ptr<scalar_t>(), d_logits.data_ptr<scalar_t>(),
+                                  d_mu.data_ptr<scalar_t>(), d_log_sigma.data_ptr<scalar_t>());
+  });
+  return {d_x, d_logits, d_mu, d_log_sigma};
+}
+
+std::tuple<at::Tensor, at::Tensor> diag_gmm_log_prob_cpu(const at::Tensor& x, const at::Tensor& logits,
+                                                         const at::Tensor& mu, const at::Tensor& log_sigma,
+                                                         double lo, double hi) {
+  check_gmm_args(x, logits, mu, log_sigma, /*full_frame=*/true);
+  auto xc = x.contiguous(), lc = logits.contiguous(), mc = mu.contiguous(), sc = log_sigma.contiguous();
+  const int64_t D = x.size(-1), K = logits.size(-1), N = D == 0 ? 0 : x.numel() / D;
+  auto log_prob = at::empty(lc.sizes().slice(0, lc.dim() - 1), lc.options());
+  auto lse_logits = at::empty_like(log_prob);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diag_gmm_log_prob_cpu", [&] {
+    diag_gmm_forward_kernel<scalar_t>(xc.data_ptr<scalar_t>(), lc.data_ptr<scalar_t>(),
+                                      mc.data_ptr<scalar_t>(), sc.data_ptr<scalar_t>(), N, K, D, lo, hi,
+                                      log_prob.data_ptr<scalar_t>(), lse_logits.data_ptr<scalar_t>());
+  });
+  return {log_prob, lse_logits};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> diag_gmm_log_prob_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& logits, const at::Tensor& mu,
+    const at::Tensor& log_sigma, const at::Tensor& log_prob, const at::Tensor& lse_logits, double lo,
+    double hi) {
+  check_gmm_args(x, logits, mu, log_sigma, /*full_frame=*/true);
+  check_shape(grad, logits.sizes().slice(0, logits.dim() - 1), "grad");
+  auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), lc = logits.contiguous();
+  auto mc = mu.contiguous(), sc = log_sigma.contiguous();
+  const int64_t D = x.size(-1), K = logits.size(-1), N = D == 0 ? 0 : x.numel() / D;
+  auto d_x = at::empty_like(xc), d_logits = at::empty_like(lc), d_mu = at::empty_like(mc);
+  auto d_log_sigma = at::empty_like(sc);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diag_gmm_log_prob_backward_cpu", [&] {
+    diag_gmm_backward_kernel<scalar_t>(gc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(),
+                                       lc.data_ptr<scalar_t>(), mc.data_ptr<scalar_t>(),
+                                       sc.data_ptr<scalar_t>(), N, K, D, lo, hi, d_x.data_ptr<scalar_t>(),
+                                       d_logits.data_ptr<scalar_t>(), d_mu.data_ptr<scalar_t>(),
+                                       d_log_sigma.data_ptr<scalar_t>());
+  });
+  return {d_x, d_logits, d_mu, d_log_sigma};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastlv_C, m) {
+  m.def("gmm_log_prob(Tensor x, Tensor logits, Tensor mu, Tensor log_sigma, float log_sigma_min, "
+        "float log_sigma_max) -> (Tensor, Tensor)");
+  m.def("gmm_log_prob_backward(Tensor grad, Tensor x, Tensor logits, Tensor mu, Tensor log_sigma, "
+        "Tensor log_prob, Tensor lse_logits, float log_sigma_min, float log_sigma_max) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("diag_gmm_log_prob(Tensor x, Tensor logits, Tensor mu, Tensor log_sigma, float log_sigma_min, "
+        "float log_sigma_max) -> (Tensor, Tensor)");
+  m.def("diag_gmm_log_prob_backward(Tensor grad, Tensor x, Tensor logits, Tensor mu, Tensor log_sigma, "
+        "Tensor log_prob, Tensor lse_logits, float log_sigma_min, float log_sigma_max) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastlv_C, CPU, m) {
+  m.impl("gmm_log_prob", &gmm_log_prob_cpu);
+  m.impl("gmm_log_prob_backward", &gmm_log_prob_backward_cpu);
+  m.impl("diag_gmm_log_prob", &diag_gmm_log_prob_cpu);
+  m.impl("diag_gmm_log_prob_backward", &diag_gmm_log_prob_backward_cpu);
+}
+
+}  // namespace fastlv

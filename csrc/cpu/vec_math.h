@@ -1,0 +1,38 @@
+// at::vec specializations of the math hooks of csrc/common/math.h, so the shared per-element formulas
+// run 16 (AVX-512) or 8 (AVX2) floats at a time on the CPU.
+#pragma once
+#include <ATen/cpu/vec/vec.h>
+
+#include "common/math.h"
+
+namespace fastlv {
+
+using at::vec::Vectorized;
+
+// exp_u20: polynomial exp accurate to ~20 ulp (2.4e-6 relative), 3x faster than Sleef's u10.
+template <> inline Vectorized<float> exp_of(Vectorized<float> v) { return v.exp_u20(); }
+template <> inline Vectorized<double> exp_of(Vectorized<double> v) { return v.exp(); }
+template <> inline Vectorized<float> log_of(Vectorized<float> v) { return v.log(); }
+template <> inline Vectorized<double> log_of(Vectorized<double> v) { return v.log(); }
+template <> inline Vectorized<float> max_of(Vectorized<float> a, Vectorized<float> b) {
+  return at::vec::maximum(a, b);
+}
+template <> inline Vectorized<double> max_of(Vectorized<double> a, Vectorized<double> b) {
+  return at::vec::maximum(a, b);
+}
+template <> inline Vectorized<float> min_of(Vectorized<float> a, Vectorized<float> b) {
+  return at::vec::minimum(a, b);
+}
+template <> inline Vectorized<double> min_of(Vectorized<double> a, Vectorized<double> b) {
+  return at::vec::minimum(a, b);
+}
+template <> inline Vectorized<float> where_in_range(Vectorized<float> x, Vectorized<float> lo,
+                                                    Vectorized<float> hi, Vectorized<float> v) {
+  return (x >= lo) & (x <= hi) & v;  // comparisons give all-ones lanes where true
+}
+template <> inline Vectorized<double> where_in_range(Vectorized<double> x, Vectorized<double> lo,
+                                                     Vectorized<double> hi, Vectorized<double> v) {
+  return (x >= lo) & (x <= hi) & v;
+}
+
+}  // namespace fastlv

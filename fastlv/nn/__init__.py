@@ -1,0 +1,1 @@
+from fastlv.nn.gmm import DiagGaussianMixture, GaussianMixture, GMMHead
