@@ -1,0 +1,22 @@
+"""`python -m bench`: fastlv's benchmarks on built-in defaults (quick mode on this machine).
+
+Runs the op provider comparison (bench/ops.py) and writes Markdown, JSON and PNG under bench/results/.
+"""
+import argparse
+
+import torch
+
+from bench import ops
+
+
+def main():
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--full", action="store_true", help="paper sizes / more repeats")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--only", nargs="*", help="substrings of bench module names to run")
+    args = parser.parse_args()
+    ops.main(quick=not args.full, device=args.device, only=args.only)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Timing helpers shared by every benchmark: providers run interleaved in one process, medians,
+the machine's memory bandwidth and peak extra memory, all measured in the same run."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import torch
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    from fastlv._backend import _C
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "fastlv_cpu_capability": getattr(_C, "cpu_capability", "extension not loaded"),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def sync(device: str = "cpu"):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_providers(providers: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2,
+                   device: str = "cpu") -> dict[str, float]:
+    """Median seconds per call of each provider. Providers are interleaved (round robin) so machine
+    noise hits them alike."""
+    for fn in providers.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in providers}
+    for _ in range(repeats):
+        for name, fn in providers.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def memory_bandwidth(size_mb: int = 256, repeats: int = 7) -> float:
+    """Bytes per second of a large out-of-cache copy (read + write), as torch's copy kernel gets it."""
+    src = torch.empty(size_mb * 2**20 // 4)
+    src.fill_(1.0)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
+    return 2 * src.numel() * 4 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def peak_extra_memory(module: str, setup: str, call: str) -> int:
+    """Peak resident memory (bytes) added by ``call`` after ``setup``, measured in a fresh process so
+    the high-water mark belongs to this provider alone."""
+    code = (f"import resource, torch, {module}\n{setup}\n"
+            "import gc; gc.collect()\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            f"{call}\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())))
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    return int(out.stdout.split()[-1]) * 1024  # ru_maxrss is in KiB on Linux
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table of the rows (missing cells empty)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def save_results(name: str, payload: dict, markdown: str, out_dir: str = "bench/results"):
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(payload, f, indent=2)
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write(markdown + "\n")
