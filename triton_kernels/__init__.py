@@ -1,0 +1,8 @@
+"""Triton kernels of fastlv, installed as ``fastlv.triton_kernels``.
+
+Each launcher has the name and positional arguments of the C++ op ``torch.ops.fastlv_C.<name>``;
+fastlv._backend calls them for the triton backend (a GPU, or TRITON_INTERPRET=1 on the CPU).
+"""
+from .gmm import diag_gmm_log_prob, diag_gmm_log_prob_backward, gmm_log_prob, gmm_log_prob_backward
+
+__all__ = ["gmm_log_prob", "gmm_log_prob_backward", "diag_gmm_log_prob", "diag_gmm_log_prob_backward"]
