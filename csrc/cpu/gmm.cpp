@@ -93,6 +93,15 @@ void gmm_forward_kernel(const scalar_t* x, const scalar_t* logits, const scalar_
   });
 }
 
+// sum of row[0..K) with vector partial sums (a scalar chain would be latency-bound).
+template <typename scalar_t>
+scalar_t sum_row(const scalar_t* row, int64_t K) {
+  using V = Vec<scalar_t>;
+  V acc(0);
+  for (int64_t k = 0; k < K; k += V::size()) acc += V::loadu(row + k, std::min<int64_t>(V::size(), K - k));
+  return at::vec::vec_reduce_all<scalar_t>([](V a, V b) { return a + b; }, acc);
+}
+
 // The backward needs no reduction over k except d_x, so it runs in the native [N, K] layout: a chunk
 // of elements is expanded into per-(n, k) copies of its per-element values (x, grad, the two
 // log-normalizers), then every (n, k) is one lane of contiguous vector loads and stores.
@@ -134,11 +143,7 @@ void gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, const scalar_t
         dmu.store(d_mu + off + i, count);
         dls.store(d_log_sigma + off + i, count);
       }
-      for (int64_t n = n0; n < n1; ++n) {  // d_x = -sum_k d_mu, re-read from L1
-        scalar_t sum = 0;
-        for (int64_t k = 0; k < K; ++k) sum += d_mu[n * K + k];
-        d_x[n] = -sum;
-      }
+      for (int64_t n = n0; n < n1; ++n) d_x[n] = -sum_row(d_mu + n * K, K);  // d_mu re-read from L1
     }
   });
 }
