@@ -1,1 +1,3 @@
+"""Modules and models built on fastlv.ops."""
+from fastlv.nn.base import SequenceModel, SequenceOutput
 from fastlv.nn.gmm import DiagGaussianMixture, GaussianMixture, GMMHead
