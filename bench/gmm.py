@@ -68,19 +68,14 @@ def run(quick: bool = False, device: str = "cpu", bandwidth: float | None = None
 
 
 def _add_peak_memory(rows: list[dict]):
-    """Peak extra memory of one forward+backward at the speech shape, per provider."""
-    setup = (f"from bench.gmm import make_inputs; from fastlv.ops import gmm_log_prob, gmm_log_prob_ref\n"
-             f"inputs = make_inputs(*{SHAPES['speech B32 T40 L200 K20']})")
-    calls = {"eager": "gmm_log_prob_ref", "fastlv-cpp": "gmm_log_prob",
-             "compile": "torch.compile(gmm_log_prob_ref)"}
-    for provider, fn in calls.items():
-        call = f"fn = {fn}; fn(*inputs); g = torch.autograd.grad(fn(*inputs).sum(), inputs)"
-        if provider == "compile":  # compile + warm-up outside the measured window
-            setup_p, call = setup + f"\nfn = {fn}; torch.autograd.grad(fn(*inputs).sum(), inputs)", \
-                "g = torch.autograd.grad(fn(*inputs).sum(), inputs)"
-        else:
-            setup_p = setup
-        mb = peak_extra_memory("fastlv", setup_p, call) / 2**20
+    """Peak extra memory of one forward+backward at the speech shape, per provider (after a warm-up
+    call, so lazy imports and compilation are not counted)."""
+    setup = ("from bench.gmm import make_inputs; from fastlv.ops import gmm_log_prob, gmm_log_prob_ref\n"
+             f"inputs = make_inputs(*{SHAPES['speech B32 T40 L200 K20']})\n"
+             "def step(fn): return torch.autograd.grad(fn(*inputs).sum(), inputs)\n")
+    functions = {"eager": "gmm_log_prob_ref", "compile": "torch.compile(gmm_log_prob_ref)", "fastlv-cpp": "gmm_log_prob"}
+    for provider, fn in functions.items():
+        mb = peak_extra_memory("fastlv", setup + f"fn = {fn}; step(fn)", "grads = step(fn)") / 2**20
         for row in rows:
             if row["provider"] == provider and row["pass"] == "fwd+bwd" and row["shape"].startswith("speech"):
                 row["peak MB"] = mb
