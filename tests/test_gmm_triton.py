@@ -66,8 +66,8 @@ def check_against_cpp(name, inputs, lo, hi, dtype):
         assert actual.shape == exp.shape and actual.dtype == dtype
         assert_close(actual, exp, fwd_tol)
     grad = torch.randn(expected[0].shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
-    expected_grads = cpp_bwd(grad, *cpu_inputs, *expected, lo, hi)
-    grads = getattr(tk, name + "_backward")(grad.to(DEVICE), *inputs, *outputs, lo, hi)
+    expected_grads = cpp_bwd(grad, *cpu_inputs, *expected[1:], lo, hi)
+    grads = getattr(tk, name + "_backward")(grad.to(DEVICE), *inputs, *outputs[1:], lo, hi)
     for actual, exp in zip(grads, expected_grads):
         assert actual.shape == exp.shape and actual.dtype == dtype
         assert_close(actual, exp, bwd_tol, scale=exp.abs().max().item())
@@ -79,7 +79,7 @@ def check_against_ref(name, ref, inputs, lo, hi):
     outputs = getattr(tk, name)(*inputs, lo, hi)
     assert_close(outputs[0], ref(*inputs, log_sigma_min=lo, log_sigma_max=hi), fwd_tol)
     grad = torch.randn(outputs[0].shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    grads = getattr(tk, name + "_backward")(grad, *inputs, *outputs, lo, hi)
+    grads = getattr(tk, name + "_backward")(grad, *inputs, *outputs[1:], lo, hi)
     for actual, exp in zip(grads, ref_grads(ref, inputs, grad, lo, hi)):
         assert torch.isfinite(actual).all()
         assert_close(actual, exp, bwd_tol, scale=exp.abs().max().item())
@@ -126,7 +126,7 @@ def test_half_inputs_use_fp32_math(name, ref, D, dtype, eps):
     expected = ref(*inputs32, log_sigma_min=LO, log_sigma_max=HI)
     assert_close(outputs[0], expected, (eps, eps))
     grad = torch.randn(outputs[0].shape, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
-    grads = getattr(tk, name + "_backward")(grad, *inputs, *outputs, LO, HI)
+    grads = getattr(tk, name + "_backward")(grad, *inputs, *outputs[1:], LO, HI)
     for actual, exp in zip(grads, ref_grads(ref, inputs32, grad.float(), LO, HI)):
         assert actual.dtype == dtype
         assert_close(actual, exp, (2 * eps, 2 * eps), scale=exp.abs().max().item())
@@ -145,26 +145,26 @@ def test_non_contiguous_inputs(name):
     outputs = getattr(tk, name)(*contiguous, LO, HI)
     grad = torch.ones(outputs[0].shape, device=DEVICE).expand(outputs[0].shape)
     backward = getattr(tk, name + "_backward")
-    for actual, expected in zip(backward(grad, *strided, *outputs, LO, HI),
-                                backward(grad.contiguous(), *contiguous, *outputs, LO, HI)):
+    for actual, expected in zip(backward(grad, *strided, *outputs[1:], LO, HI),
+                                backward(grad.contiguous(), *contiguous, *outputs[1:], LO, HI)):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name,D", [("gmm_log_prob", None), ("diag_gmm_log_prob", 3)])
 def test_empty_batch(name, D):
     inputs = mixture_inputs((0, 5), 4, D)
-    log_prob, lse_logits = getattr(tk, name)(*inputs, LO, HI)
-    assert log_prob.shape == lse_logits.shape == (0, 5)
-    grads = getattr(tk, name + "_backward")(torch.zeros(0, 5, device=DEVICE), *inputs, log_prob, lse_logits, LO, HI)
+    log_prob, lse_components, lse_logits = getattr(tk, name)(*inputs, LO, HI)
+    assert log_prob.shape == lse_components.shape == lse_logits.shape == (0, 5)
+    grads = getattr(tk, name + "_backward")(torch.zeros(0, 5, device=DEVICE), *inputs, lse_components, lse_logits, LO, HI)
     assert [g.shape for g in grads] == [t.shape for t in inputs]
 
 
 def test_diag_gmm_empty_frames():
     """D == 0: every frame has log p = 0 and zero gradients."""
     inputs = mixture_inputs((4,), 3, 0)
-    log_prob, lse_logits = tk.diag_gmm_log_prob(*inputs, LO, HI)
+    log_prob, lse_components, lse_logits = tk.diag_gmm_log_prob(*inputs, LO, HI)
     torch.testing.assert_close(log_prob, torch.zeros(4, device=DEVICE))
-    grads = tk.diag_gmm_log_prob_backward(torch.ones(4, device=DEVICE), *inputs, log_prob, lse_logits, LO, HI)
+    grads = tk.diag_gmm_log_prob_backward(torch.ones(4, device=DEVICE), *inputs, lse_components, lse_logits, LO, HI)
     torch.testing.assert_close(grads[1], torch.zeros(4, 3, device=DEVICE))
 
 

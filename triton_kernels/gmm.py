@@ -69,13 +69,14 @@ def _gmm_tile(x_ptr, logits_ptr, mu_ptr, log_sigma_ptr, N, K, lo, hi,
 
 
 @triton.jit
-def _gmm_forward_kernel(x_ptr, logits_ptr, mu_ptr, log_sigma_ptr, log_prob_ptr, lse_logits_ptr,
+def _gmm_forward_kernel(x_ptr, logits_ptr, mu_ptr, log_sigma_ptr, log_prob_ptr, lse_components_ptr, lse_logits_ptr,
                         N, K, lo, hi, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr):
     rows, row_ok, _, _, logit, a, _, _, _ = _gmm_tile(x_ptr, logits_ptr, mu_ptr, log_sigma_ptr, N, K, lo, hi,
                                                       BLOCK_N, BLOCK_K, COMPUTE)
     lse_logits = _logsumexp(logit, 1)
-    log_prob = _logsumexp(a, 1) - lse_logits
-    tl.store(log_prob_ptr + rows, log_prob.to(log_prob_ptr.dtype.element_ty), mask=row_ok)
+    lse_components = _logsumexp(a, 1)
+    tl.store(log_prob_ptr + rows, (lse_components - lse_logits).to(log_prob_ptr.dtype.element_ty), mask=row_ok)
+    tl.store(lse_components_ptr + rows, lse_components.to(lse_components_ptr.dtype.element_ty), mask=row_ok)
     tl.store(lse_logits_ptr + rows, lse_logits.to(lse_logits_ptr.dtype.element_ty), mask=row_ok)
 
 
@@ -121,14 +122,16 @@ def _frame_log_joints(x_ptr, logits_ptr, mu_ptr, log_sigma_ptr, n, K, D, lo, hi,
 
 
 @triton.jit
-def _diag_gmm_forward_kernel(x_ptr, logits_ptr, mu_ptr, log_sigma_ptr, log_prob_ptr, lse_logits_ptr,
+def _diag_gmm_forward_kernel(x_ptr, logits_ptr, mu_ptr, log_sigma_ptr, log_prob_ptr, lse_components_ptr,
+                             lse_logits_ptr,
                              K, D, lo, hi, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)  # one program per frame
     logit, a = _frame_log_joints(x_ptr, logits_ptr, mu_ptr, log_sigma_ptr, n, K, D, lo, hi,
                                  BLOCK_K, BLOCK_D, COMPUTE)
     lse_logits = _logsumexp(logit, 0)
-    log_prob = _logsumexp(a, 0) - lse_logits
-    tl.store(log_prob_ptr + n, log_prob.to(log_prob_ptr.dtype.element_ty))
+    lse_components = _logsumexp(a, 0)
+    tl.store(log_prob_ptr + n, (lse_components - lse_logits).to(log_prob_ptr.dtype.element_ty))
+    tl.store(lse_components_ptr + n, lse_components.to(lse_components_ptr.dtype.element_ty))
     tl.store(lse_logits_ptr + n, lse_logits.to(lse_logits_ptr.dtype.element_ty))
 
 
@@ -208,22 +211,23 @@ def _frame_blocks(K: int, D: int, device: torch.device) -> tuple[int, int]:
 
 
 def gmm_log_prob(x, logits, mu, log_sigma, log_sigma_min, log_sigma_max):
-    """Per-element mixture: x [...], params [..., K] -> (log_prob [...], lse_logits [...])."""
+    """Per-element mixture: x [...], params [..., K] -> (log_prob, lse_components, lse_logits), each [...]."""
     _check_shapes(False, x, logits, mu, log_sigma)
     x, logits, mu, log_sigma = _contiguous(x, logits, mu, log_sigma)
     N, K = x.numel(), logits.shape[-1]
-    log_prob, lse_logits = torch.empty_like(x), torch.empty_like(x)
+    log_prob, lse_components, lse_logits = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
     if N > 0:
         block_n, block_k = _per_element_blocks(K, x.device)
         _gmm_forward_kernel[(triton.cdiv(N, block_n),)](
-            x, logits, mu, log_sigma, log_prob, lse_logits, N, K, log_sigma_min, log_sigma_max,
+            x, logits, mu, log_sigma, log_prob, lse_components, lse_logits, N, K, log_sigma_min, log_sigma_max,
             BLOCK_N=block_n, BLOCK_K=block_k, COMPUTE=_compute_dtype(x.dtype))
-    return log_prob, lse_logits
+    return log_prob, lse_components, lse_logits
 
 
-def gmm_log_prob_backward(grad, x, logits, mu, log_sigma, log_prob, lse_logits, log_sigma_min, log_sigma_max):
+def gmm_log_prob_backward(grad, x, logits, mu, log_sigma, lse_components, lse_logits, log_sigma_min,
+                          log_sigma_max):
     """Gradients (d_x, d_logits, d_mu, d_log_sigma) of gmm_log_prob given grad [...] of log_prob.
-    log_prob and lse_logits are unused: the kernel recomputes them in full precision (module docstring)."""
+    lse_components and lse_logits are unused: the kernel recomputes them in full precision (module docstring)."""
     _check_shapes(False, x, logits, mu, log_sigma, grad=grad)
     grad, x, logits, mu, log_sigma = _contiguous(grad, x, logits, mu, log_sigma)
     N, K = x.numel(), logits.shape[-1]
@@ -239,24 +243,24 @@ def gmm_log_prob_backward(grad, x, logits, mu, log_sigma, log_prob, lse_logits, 
 
 def diag_gmm_log_prob(x, logits, mu, log_sigma, log_sigma_min, log_sigma_max):
     """Full-frame mixture: x [..., D], logits [..., K], mu/log_sigma [..., K, D]
-    -> (log_prob [...], lse_logits [...])."""
+    -> (log_prob, lse_components, lse_logits), each [...]."""
     _check_shapes(True, x, logits, mu, log_sigma)
     x, logits, mu, log_sigma = _contiguous(x, logits, mu, log_sigma)
     K, D = logits.shape[-1], x.shape[-1]
     N = logits.numel() // K  # frames (also right when D == 0)
-    log_prob, lse_logits = x.new_empty(logits.shape[:-1]), x.new_empty(logits.shape[:-1])
+    log_prob, lse_components, lse_logits = (x.new_empty(logits.shape[:-1]) for _ in range(3))
     if N > 0:
         block_k, block_d = _frame_blocks(K, D, x.device)
         _diag_gmm_forward_kernel[(N,)](
-            x, logits, mu, log_sigma, log_prob, lse_logits, K, D, log_sigma_min, log_sigma_max,
+            x, logits, mu, log_sigma, log_prob, lse_components, lse_logits, K, D, log_sigma_min, log_sigma_max,
             BLOCK_K=block_k, BLOCK_D=block_d, COMPUTE=_compute_dtype(x.dtype))
-    return log_prob, lse_logits
+    return log_prob, lse_components, lse_logits
 
 
-def diag_gmm_log_prob_backward(grad, x, logits, mu, log_sigma, log_prob, lse_logits, log_sigma_min,
+def diag_gmm_log_prob_backward(grad, x, logits, mu, log_sigma, lse_components, lse_logits, log_sigma_min,
                                log_sigma_max):
     """Gradients (d_x, d_logits, d_mu, d_log_sigma) of diag_gmm_log_prob given grad [...] of log_prob.
-    log_prob and lse_logits are unused: the kernel recomputes them in full precision (module docstring)."""
+    lse_components and lse_logits are unused: the kernel recomputes them in full precision (module docstring)."""
     _check_shapes(True, x, logits, mu, log_sigma, grad=grad)
     grad, x, logits, mu, log_sigma = _contiguous(grad, x, logits, mu, log_sigma)
     K, D = logits.shape[-1], x.shape[-1]

@@ -5,7 +5,9 @@
 // input is read from memory once. Full-frame mixture (x [N, D],
 // params [N, K, D]): vectorized over D, one frame per task; the backward re-reads the frame's
 // [K, D] parameters from cache after computing the responsibilities.
-// Forward saves only log p and logsumexp(logits) per element; the backward recomputes the rest.
+// Forward saves only the two log-normalizers per element (logsumexp_k a_k and logsumexp_k logit_k,
+// not their rounded difference log p: at |log p| ~ 1e5 that loses the responsibilities' precision);
+// the backward recomputes the rest.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -54,7 +56,7 @@ constexpr int64_t kBlocksPerTask = 16;  // grain of at::parallel_for, in blocks 
 template <typename scalar_t>
 void gmm_forward_kernel(const scalar_t* x, const scalar_t* logits, const scalar_t* mu,
                         const scalar_t* log_sigma, int64_t N, int64_t K, scalar_t lo, scalar_t hi,
-                        scalar_t* log_prob, scalar_t* lse_logits) {
+                        scalar_t* log_prob, scalar_t* lse_components, scalar_t* lse_logits) {
   using V = Vec<scalar_t>;
   constexpr int64_t W = V::size();
   const Block<scalar_t> block(K);
@@ -86,8 +88,9 @@ void gmm_forward_kernel(const scalar_t* x, const scalar_t* logits, const scalar_
         sum_a += exp_of(V::loadu(t_a + k * W) - max_a);
         sum_l += exp_of(V::loadu(t_logit + k * W) - max_l);
       }
-      const V lse_l = logsumexp_finish(max_l, sum_l);
-      (logsumexp_finish(max_a, sum_a) - lse_l).store(log_prob + n0, count);
+      const V lse_a = logsumexp_finish(max_a, sum_a), lse_l = logsumexp_finish(max_l, sum_l);
+      (lse_a - lse_l).store(log_prob + n0, count);
+      lse_a.store(lse_components + n0, count);
       lse_l.store(lse_logits + n0, count);
     }
   });
@@ -109,7 +112,7 @@ constexpr int64_t kBackwardChunk = 64;  // elements per chunk: 64 * K values sta
 
 template <typename scalar_t>
 void gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, const scalar_t* logits,
-                         const scalar_t* mu, const scalar_t* log_sigma, const scalar_t* log_prob,
+                         const scalar_t* mu, const scalar_t* log_sigma, const scalar_t* lse_components,
                          const scalar_t* lse_logits, int64_t N, int64_t K, scalar_t lo, scalar_t hi,
                          scalar_t* d_x, scalar_t* d_logits, scalar_t* d_mu, scalar_t* d_log_sigma) {
   using V = Vec<scalar_t>;
@@ -125,7 +128,7 @@ void gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, const scalar_t
         const int64_t i = (n - n0) * K;
         std::fill_n(x_rep + i, K, x[n]);
         std::fill_n(g_rep + i, K, grad[n]);
-        std::fill_n(lse_a_rep + i, K, log_prob[n] + lse_logits[n]);
+        std::fill_n(lse_a_rep + i, K, lse_components[n]);
         std::fill_n(lse_l_rep + i, K, lse_logits[n]);
       }
       const int64_t off = n0 * K;
@@ -188,14 +191,14 @@ scalar_t frame_component_logits(const scalar_t* x, const scalar_t* logits, const
 template <typename scalar_t>
 void diag_gmm_forward_kernel(const scalar_t* x, const scalar_t* logits, const scalar_t* mu,
                              const scalar_t* log_sigma, int64_t N, int64_t K, int64_t D, scalar_t lo,
-                             scalar_t hi, scalar_t* log_prob, scalar_t* lse_logits) {
+                             scalar_t hi, scalar_t* log_prob, scalar_t* lse_components,
+                             scalar_t* lse_logits) {
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
     std::vector<scalar_t> a(K);
     for (int64_t n = n0; n < n1; ++n) {
-      const scalar_t lse_a = frame_component_logits(x + n * D, logits + n * K, mu + n * K * D,
-                                                    log_sigma + n * K * D, K, D, lo, hi, a.data(),
-                                                    lse_logits + n);
-      log_prob[n] = lse_a - lse_logits[n];
+      lse_components[n] = frame_component_logits(x + n * D, logits + n * K, mu + n * K * D,
+                                                 log_sigma + n * K * D, K, D, lo, hi, a.data(), lse_logits + n);
+      log_prob[n] = lse_components[n] - lse_logits[n];
     }
   });
 }
@@ -237,29 +240,32 @@ void diag_gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, const sca
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> gmm_log_prob_cpu(const at::Tensor& x, const at::Tensor& logits,
+using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;  // log p, lse of a_k, lse of logits
+
+Outputs gmm_log_prob_cpu(const at::Tensor& x, const at::Tensor& logits,
                                                     const at::Tensor& mu, const at::Tensor& log_sigma,
                                                     double lo, double hi) {
   check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/false);
   auto xc = x.contiguous(), lc = logits.contiguous(), mc = mu.contiguous(), sc = log_sigma.contiguous();
-  auto log_prob = at::empty_like(xc), lse_logits = at::empty_like(xc);
+  auto log_prob = at::empty_like(xc), lse_components = at::empty_like(xc), lse_logits = at::empty_like(xc);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_log_prob_cpu", [&] {
     gmm_forward_kernel<scalar_t>(xc.data_ptr<scalar_t>(), lc.data_ptr<scalar_t>(), mc.data_ptr<scalar_t>(),
                                  sc.data_ptr<scalar_t>(), xc.numel(), logits.size(-1), lo, hi,
-                                 log_prob.data_ptr<scalar_t>(), lse_logits.data_ptr<scalar_t>());
+                                 log_prob.data_ptr<scalar_t>(), lse_components.data_ptr<scalar_t>(),
+                                 lse_logits.data_ptr<scalar_t>());
   });
-  return {log_prob, lse_logits};
+  return {log_prob, lse_components, lse_logits};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_log_prob_backward_cpu(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& logits, const at::Tensor& mu,
-    const at::Tensor& log_sigma, const at::Tensor& log_prob, const at::Tensor& lse_logits, double lo,
+    const at::Tensor& log_sigma, const at::Tensor& lse_components, const at::Tensor& lse_logits, double lo,
     double hi) {
   check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/false);
   check_shape(grad, x.sizes(), "grad");
   auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), lc = logits.contiguous();
   auto mc = mu.contiguous(), sc = log_sigma.contiguous();
-  auto pc = log_prob.contiguous(), ec = lse_logits.contiguous();
+  auto pc = lse_components.contiguous(), ec = lse_logits.contiguous();
   auto d_x = at::empty_like(xc), d_logits = at::empty_like(lc), d_mu = at::empty_like(mc);
   auto d_log_sigma = at::empty_like(sc);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_log_prob_backward_cpu", [&] {
@@ -272,25 +278,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_log_prob_backward
   return {d_x, d_logits, d_mu, d_log_sigma};
 }
 
-std::tuple<at::Tensor, at::Tensor> diag_gmm_log_prob_cpu(const at::Tensor& x, const at::Tensor& logits,
+Outputs diag_gmm_log_prob_cpu(const at::Tensor& x, const at::Tensor& logits,
                                                          const at::Tensor& mu, const at::Tensor& log_sigma,
                                                          double lo, double hi) {
   check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/true);
   auto xc = x.contiguous(), lc = logits.contiguous(), mc = mu.contiguous(), sc = log_sigma.contiguous();
   const int64_t D = x.size(-1), K = logits.size(-1), N = logits.numel() / K;
   auto log_prob = at::empty(lc.sizes().slice(0, lc.dim() - 1), lc.options());
-  auto lse_logits = at::empty_like(log_prob);
+  auto lse_components = at::empty_like(log_prob), lse_logits = at::empty_like(log_prob);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diag_gmm_log_prob_cpu", [&] {
     diag_gmm_forward_kernel<scalar_t>(xc.data_ptr<scalar_t>(), lc.data_ptr<scalar_t>(),
                                       mc.data_ptr<scalar_t>(), sc.data_ptr<scalar_t>(), N, K, D, lo, hi,
-                                      log_prob.data_ptr<scalar_t>(), lse_logits.data_ptr<scalar_t>());
+                                      log_prob.data_ptr<scalar_t>(), lse_components.data_ptr<scalar_t>(),
+                                 lse_logits.data_ptr<scalar_t>());
   });
-  return {log_prob, lse_logits};
+  return {log_prob, lse_components, lse_logits};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> diag_gmm_log_prob_backward_cpu(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& logits, const at::Tensor& mu,
-    const at::Tensor& log_sigma, const at::Tensor& log_prob, const at::Tensor& lse_logits, double lo,
+    const at::Tensor& log_sigma, const at::Tensor& lse_components, const at::Tensor& lse_logits, double lo,
     double hi) {
   check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/true);
   check_shape(grad, logits.sizes().slice(0, logits.dim() - 1), "grad");
@@ -313,14 +320,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> diag_gmm_log_prob_bac
 
 TORCH_LIBRARY_FRAGMENT(fastlv_C, m) {
   m.def("gmm_log_prob(Tensor x, Tensor logits, Tensor mu, Tensor log_sigma, float log_sigma_min, "
-        "float log_sigma_max) -> (Tensor, Tensor)");
+        "float log_sigma_max) -> (Tensor, Tensor, Tensor)");
   m.def("gmm_log_prob_backward(Tensor grad, Tensor x, Tensor logits, Tensor mu, Tensor log_sigma, "
-        "Tensor log_prob, Tensor lse_logits, float log_sigma_min, float log_sigma_max) "
+        "Tensor lse_components, Tensor lse_logits, float log_sigma_min, float log_sigma_max) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("diag_gmm_log_prob(Tensor x, Tensor logits, Tensor mu, Tensor log_sigma, float log_sigma_min, "
-        "float log_sigma_max) -> (Tensor, Tensor)");
+        "float log_sigma_max) -> (Tensor, Tensor, Tensor)");
   m.def("diag_gmm_log_prob_backward(Tensor grad, Tensor x, Tensor logits, Tensor mu, Tensor log_sigma, "
-        "Tensor log_prob, Tensor lse_logits, float log_sigma_min, float log_sigma_max) "
+        "Tensor lse_components, Tensor lse_logits, float log_sigma_min, float log_sigma_max) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 

@@ -120,7 +120,7 @@ template <typename T, int G>
 __global__ void gmm_forward_kernel(const T* __restrict__ x, const T* __restrict__ logits,
                                    const T* __restrict__ mu, const T* __restrict__ log_sigma, int64_t N,
                                    int64_t K, float lo, float hi, T* __restrict__ log_prob,
-                                   T* __restrict__ lse_logits) {
+                                   T* __restrict__ lse_components, T* __restrict__ lse_logits) {
   using A = acc_t<T>;
   const int64_t n = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / G;  // element of this lane's group
   const int lane = threadIdx.x % G;
@@ -128,6 +128,7 @@ __global__ void gmm_forward_kernel(const T* __restrict__ x, const T* __restrict_
   element_logsumexps<G>(x, logits, mu, log_sigma, n, lane, N, K, A(lo), A(hi), lse_a, lse_l);
   if (n < N && lane == 0) {
     log_prob[n] = from_acc<T>(lse_a - lse_l);
+    lse_components[n] = from_acc<T>(lse_a);
     lse_logits[n] = from_acc<T>(lse_l);
   }
 }
@@ -186,7 +187,7 @@ template <typename T>
 __global__ void diag_gmm_forward_kernel(const T* __restrict__ x, const T* __restrict__ logits,
                                         const T* __restrict__ mu, const T* __restrict__ log_sigma, int64_t N,
                                         int64_t K, int64_t D, float lo, float hi, T* __restrict__ log_prob,
-                                        T* __restrict__ lse_logits) {
+                                        T* __restrict__ lse_components, T* __restrict__ lse_logits) {
   using A = acc_t<T>;
   const int64_t n = warp_frame();
   const int lane = threadIdx.x % kWarpSize;
@@ -200,6 +201,7 @@ __global__ void diag_gmm_forward_kernel(const T* __restrict__ x, const T* __rest
   }
   if (lane == 0) {
     log_prob[n] = from_acc<T>(run_a.finish() - run_logits.finish());
+    lse_components[n] = from_acc<T>(run_a.finish());
     lse_logits[n] = from_acc<T>(run_logits.finish());
   }
 }
@@ -289,7 +291,7 @@ unsigned blocks_for(int64_t threads, int64_t threads_per_block) {
 }  // namespace
 
 void gmm_forward_cuda(DType dtype, const void* x, const void* logits, const void* mu, const void* log_sigma,
-                      int64_t N, int64_t K, float lo, float hi, void* log_prob, void* lse_logits,
+                      int64_t N, int64_t K, float lo, float hi, void* log_prob, void* lse_components, void* lse_logits,
                       cudaStream_t stream) {
   if (N == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
@@ -298,7 +300,8 @@ void gmm_forward_cuda(DType dtype, const void* x, const void* logits, const void
       constexpr int G = decltype(lanes)::value;
       gmm_forward_kernel<T, G><<<blocks_for(N * G, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
           static_cast<const T*>(x), static_cast<const T*>(logits), static_cast<const T*>(mu),
-          static_cast<const T*>(log_sigma), N, K, lo, hi, static_cast<T*>(log_prob), static_cast<T*>(lse_logits));
+          static_cast<const T*>(log_sigma), N, K, lo, hi, static_cast<T*>(log_prob), static_cast<T*>(lse_components),
+          static_cast<T*>(lse_logits));
     });
   });
 }
@@ -321,13 +324,14 @@ void gmm_backward_cuda(DType dtype, const void* grad, const void* x, const void*
 
 void diag_gmm_forward_cuda(DType dtype, const void* x, const void* logits, const void* mu,
                            const void* log_sigma, int64_t N, int64_t K, int64_t D, float lo, float hi,
-                           void* log_prob, void* lse_logits, cudaStream_t stream) {
+                           void* log_prob, void* lse_components, void* lse_logits, cudaStream_t stream) {
   if (N == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     diag_gmm_forward_kernel<T><<<blocks_for(N * kWarpSize, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
         static_cast<const T*>(x), static_cast<const T*>(logits), static_cast<const T*>(mu),
-        static_cast<const T*>(log_sigma), N, K, D, lo, hi, static_cast<T*>(log_prob), static_cast<T*>(lse_logits));
+        static_cast<const T*>(log_sigma), N, K, D, lo, hi, static_cast<T*>(log_prob), static_cast<T*>(lse_components),
+          static_cast<T*>(lse_logits));
   });
 }
 

@@ -1,6 +1,6 @@
 // CUDA implementations of the fastlv_C Gaussian-mixture ops (schemas in csrc/cpu/gmm.cpp): argument
 // checks, contiguous inputs, output allocation, then the launchers of csrc/cuda/gmm.cu on the current
-// stream of the inputs' device. The backward ops ignore log_prob and lse_logits: the kernels recompute
+// stream of the inputs' device. The backward ops ignore lse_components and lse_logits: the kernels recompute
 // them in fp32 (the saved ones are rounded to the input dtype).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -37,22 +37,23 @@ at::Tensor grad_for(const at::Tensor& grad, const at::Tensor& x, at::IntArrayRef
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-std::tuple<at::Tensor, at::Tensor> gmm_log_prob_cuda(const at::Tensor& x, const at::Tensor& logits,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gmm_log_prob_cuda(const at::Tensor& x, const at::Tensor& logits,
                                                      const at::Tensor& mu, const at::Tensor& log_sigma,
                                                      double lo, double hi) {
   check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/false);
   const c10::cuda::CUDAGuard device_guard(x.device());
   auto xc = x.contiguous(), lc = logits.contiguous(), mc = mu.contiguous(), sc = log_sigma.contiguous();
-  auto log_prob = at::empty_like(xc), lse_logits = at::empty_like(xc);
+  auto log_prob = at::empty_like(xc), lse_components = at::empty_like(xc), lse_logits = at::empty_like(xc);
   gmm_forward_cuda(launcher_dtype(x), xc.const_data_ptr(), lc.const_data_ptr(), mc.const_data_ptr(),
                    sc.const_data_ptr(), xc.numel(), logits.size(-1), float(lo), float(hi),
-                   log_prob.mutable_data_ptr(), lse_logits.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream());
+                   log_prob.mutable_data_ptr(), lse_components.mutable_data_ptr(), lse_logits.mutable_data_ptr(),
+                   c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {log_prob, lse_logits};
+  return {log_prob, lse_components, lse_logits};
 }
 
 Grads gmm_log_prob_backward_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& logits,
-                                 const at::Tensor& mu, const at::Tensor& log_sigma, const at::Tensor& /*log_prob*/,
+                                 const at::Tensor& mu, const at::Tensor& log_sigma, const at::Tensor& /*lse_components*/,
                                  const at::Tensor& /*lse_logits*/, double lo, double hi) {
   check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/false);
   const c10::cuda::CUDAGuard device_guard(x.device());
@@ -68,7 +69,7 @@ Grads gmm_log_prob_backward_cuda(const at::Tensor& grad, const at::Tensor& x, co
   return {d_x, d_logits, d_mu, d_log_sigma};
 }
 
-std::tuple<at::Tensor, at::Tensor> diag_gmm_log_prob_cuda(const at::Tensor& x, const at::Tensor& logits,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> diag_gmm_log_prob_cuda(const at::Tensor& x, const at::Tensor& logits,
                                                           const at::Tensor& mu, const at::Tensor& log_sigma,
                                                           double lo, double hi) {
   check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/true);
@@ -76,17 +77,18 @@ std::tuple<at::Tensor, at::Tensor> diag_gmm_log_prob_cuda(const at::Tensor& x, c
   auto xc = x.contiguous(), lc = logits.contiguous(), mc = mu.contiguous(), sc = log_sigma.contiguous();
   const int64_t K = logits.size(-1), D = x.size(-1), N = lc.numel() / K;  // N frames, also when D == 0
   auto log_prob = at::empty(lc.sizes().slice(0, lc.dim() - 1), lc.options());
-  auto lse_logits = at::empty_like(log_prob);
+  auto lse_components = at::empty_like(log_prob), lse_logits = at::empty_like(log_prob);
   diag_gmm_forward_cuda(launcher_dtype(x), xc.const_data_ptr(), lc.const_data_ptr(), mc.const_data_ptr(),
                         sc.const_data_ptr(), N, K, D, float(lo), float(hi), log_prob.mutable_data_ptr(),
-                        lse_logits.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream());
+                        lse_components.mutable_data_ptr(), lse_logits.mutable_data_ptr(),
+                        c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {log_prob, lse_logits};
+  return {log_prob, lse_components, lse_logits};
 }
 
 Grads diag_gmm_log_prob_backward_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& logits,
                                       const at::Tensor& mu, const at::Tensor& log_sigma,
-                                      const at::Tensor& /*log_prob*/, const at::Tensor& /*lse_logits*/,
+                                      const at::Tensor& /*lse_components*/, const at::Tensor& /*lse_logits*/,
                                       double lo, double hi) {
   check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/true);
   const int64_t K = logits.size(-1), D = x.size(-1), N = logits.numel() / K;

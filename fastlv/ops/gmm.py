@@ -10,8 +10,8 @@ Two forms:
 
 Kernels (selected by ``fastlv._backend``): C++ CPU (csrc/cpu/gmm.cpp), CUDA (csrc/cuda/gmm.cu),
 Triton (triton_kernels/gmm.py) and the pure-PyTorch references below, which are the oracle. The
-forward saves only log p and logsumexp(logits) per frame/element; the backward recomputes the
-responsibilities from the inputs, so nothing of size [..., K] is kept for backward.
+forward saves only the two log-normalizers (of the components and of the weights) per frame/element;
+the backward recomputes the responsibilities from the inputs, so nothing of size [..., K] is kept.
 """
 from __future__ import annotations
 
@@ -43,25 +43,25 @@ def _component_terms(x, mu, log_sigma, lo, hi, full_frame):
 
 
 def _mixture_log_prob_ref(x: Tensor, logits: Tensor, mu: Tensor, log_sigma: Tensor, lo: float, hi: float,
-                          full_frame: bool) -> tuple[Tensor, Tensor]:
-    """(log p, logsumexp(logits)) in plain PyTorch (differentiable)."""
+                          full_frame: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(log p, logsumexp_k a_k, logsumexp_k logit_k) in plain PyTorch (differentiable), where
+    a_k = logit_k + log N(x; mu_k, sigma_k)."""
     dtype = x.dtype
     x, logits, mu, log_sigma = _upcast(x, logits, mu, log_sigma)
     _, _, log_density = _component_terms(x, mu, log_sigma, lo, hi, full_frame)
+    lse_components = torch.logsumexp(logits + log_density, -1)
     lse_logits = torch.logsumexp(logits, -1)
-    log_prob = torch.logsumexp(logits + log_density, -1) - lse_logits
-    return log_prob.to(dtype), lse_logits.to(dtype)
+    return (lse_components - lse_logits).to(dtype), lse_components.to(dtype), lse_logits.to(dtype)
 
 
-def _mixture_backward_ref(grad, x, logits, mu, log_sigma, log_prob, lse_logits, lo, hi, full_frame):
+def _mixture_backward_ref(grad, x, logits, mu, log_sigma, lse_components, lse_logits, lo, hi, full_frame):
     """Gradients of log p w.r.t. (x, logits, mu, log_sigma), recomputed from the inputs with the
     formulas of csrc/common/gmm_math.h."""
     dtypes = [t.dtype for t in (x, logits, mu, log_sigma)]
-    grad, x, logits, mu, log_sigma, log_prob, lse_logits = _upcast(grad, x, logits, mu, log_sigma, log_prob,
-                                                                   lse_logits)
+    grad, x, logits, mu, log_sigma, lse_components, lse_logits = _upcast(grad, x, logits, mu, log_sigma,
+                                                                         lse_components, lse_logits)
     z, inv_sigma, log_density = _component_terms(x, mu, log_sigma, lo, hi, full_frame)
-    lse_a = (log_prob + lse_logits).unsqueeze(-1)
-    r = grad.unsqueeze(-1) * torch.exp(logits + log_density - lse_a)  # responsibilities
+    r = grad.unsqueeze(-1) * torch.exp(logits + log_density - lse_components.unsqueeze(-1))  # responsibilities
     w = grad.unsqueeze(-1) * torch.exp(logits - lse_logits.unsqueeze(-1))  # mixture weights
     r_term = r.unsqueeze(-1) if full_frame else r
     d_mu = r_term * z * inv_sigma
@@ -88,8 +88,9 @@ def diag_gmm_log_prob_ref(x: Tensor, logits: Tensor, mu: Tensor, log_sigma: Tens
 
 
 def _define_mixture_op(name: str, full_frame: bool):
-    """Define the custom ops ``fastlv::<name>`` -> (log p, logsumexp(logits)) and
-    ``fastlv::<name>_backward``, with fake (meta) kernels and autograd."""
+    """Define the custom ops ``fastlv::<name>`` -> (log p, logsumexp_k a_k, logsumexp_k logit_k) and
+    ``fastlv::<name>_backward``, with fake (meta) kernels and autograd. The two log-normalizers are
+    internal, non-differentiable outputs saved for the backward."""
 
     def forward_ref(x, logits, mu, log_sigma, lo, hi):
         return _mixture_log_prob_ref(x, logits, mu, log_sigma, lo, hi, full_frame)
@@ -99,31 +100,31 @@ def _define_mixture_op(name: str, full_frame: bool):
 
     @torch.library.custom_op(f"fastlv::{name}", mutates_args=())
     def op(x: Tensor, logits: Tensor, mu: Tensor, log_sigma: Tensor, log_sigma_min: float,
-           log_sigma_max: float) -> tuple[Tensor, Tensor]:
+           log_sigma_max: float) -> tuple[Tensor, Tensor, Tensor]:
         return run_kernel(name, forward_ref, x.device, x, logits, mu, log_sigma, log_sigma_min, log_sigma_max)
 
     @op.register_fake
     def _(x, logits, mu, log_sigma, log_sigma_min, log_sigma_max):
         out_shape = logits.shape[:-1]
-        return x.new_empty(out_shape), x.new_empty(out_shape)
+        return x.new_empty(out_shape), x.new_empty(out_shape), x.new_empty(out_shape)
 
     @torch.library.custom_op(f"fastlv::{name}_backward", mutates_args=())
-    def backward_op(grad: Tensor, x: Tensor, logits: Tensor, mu: Tensor, log_sigma: Tensor, log_prob: Tensor,
+    def backward_op(grad: Tensor, x: Tensor, logits: Tensor, mu: Tensor, log_sigma: Tensor, lse_components: Tensor,
                     lse_logits: Tensor, log_sigma_min: float, log_sigma_max: float
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return run_kernel(f"{name}_backward", backward_ref, x.device, grad, x, logits, mu, log_sigma,
-                          log_prob, lse_logits, log_sigma_min, log_sigma_max)
+                          lse_components, lse_logits, log_sigma_min, log_sigma_max)
 
     @backward_op.register_fake
-    def _(grad, x, logits, mu, log_sigma, log_prob, lse_logits, log_sigma_min, log_sigma_max):
+    def _(grad, x, logits, mu, log_sigma, lse_components, lse_logits, log_sigma_min, log_sigma_max):
         return torch.empty_like(x), torch.empty_like(logits), torch.empty_like(mu), torch.empty_like(log_sigma)
 
     def setup_context(ctx, inputs, output):
         x, logits, mu, log_sigma, lo, hi = inputs
-        ctx.save_for_backward(x, logits, mu, log_sigma, *output)
+        ctx.save_for_backward(x, logits, mu, log_sigma, *output[1:])
         ctx.bounds = (lo, hi)
 
-    def backward(ctx, grad, _grad_lse_logits):  # lse_logits is an internal, non-differentiable output
+    def backward(ctx, grad, _grad_lse_components, _grad_lse_logits):  # internal outputs: no gradient
         grads = backward_op(grad, *ctx.saved_tensors, *ctx.bounds)
         return (*grads, None, None)
 
@@ -168,7 +169,7 @@ def gmm_log_prob(x: Tensor, logits: Tensor, mu: Tensor, log_sigma: Tensor, *,
     batch = broadcast_shape(x=x.shape, **{"mixture batch": params[:-1]})
     params = (*batch, params[-1])
     lo, hi = clamp_bounds(log_sigma_min, log_sigma_max)
-    log_prob, _ = _gmm_op(x.expand(batch), logits.expand(params), mu.expand(params), log_sigma.expand(params), lo, hi)
+    log_prob, _, _ = _gmm_op(x.expand(batch), logits.expand(params), mu.expand(params), log_sigma.expand(params), lo, hi)
     return reduce(log_prob, reduction, mask)
 
 
@@ -196,6 +197,6 @@ def diag_gmm_log_prob(x: Tensor, logits: Tensor, mu: Tensor, log_sigma: Tensor, 
                          f"got {tuple(mu.shape)} and {tuple(log_sigma.shape)}")
     batch = broadcast_shape(x=x.shape[:-1], logits=logits.shape[:-1], **{"mu/log_sigma": components[:-2]})
     lo, hi = clamp_bounds(log_sigma_min, log_sigma_max)
-    log_prob, _ = _diag_gmm_op(x.expand(*batch, D), logits.expand(*batch, K), mu.expand(*batch, K, D),
+    log_prob, _, _ = _diag_gmm_op(x.expand(*batch, D), logits.expand(*batch, K), mu.expand(*batch, K, D),
                                log_sigma.expand(*batch, K, D), lo, hi)
     return reduce(log_prob, reduction, mask)
