@@ -1,0 +1,8 @@
+"""Triton kernels of fastlv, installed as ``fastlv.triton_kernels``.
+
+Each launcher has the name and positional arguments of the C++ op ``torch.ops.fastlv_C.<name>``;
+fastlv._backend calls them for the triton backend (a GPU, or TRITON_INTERPRET=1 on the CPU).
+"""
+from .gated_conv import gated_causal_conv1d, gated_causal_conv1d_backward
+
+__all__ = ["gated_causal_conv1d", "gated_causal_conv1d_backward"]
