@@ -38,6 +38,14 @@ def _time_major_memory(t: Tensor) -> Tensor:
     return t.permute(2, 0, 1).contiguous().permute(1, 2, 0)
 
 
+def _causal_conv(x: Tensor, weight: Tensor, bias: Tensor, dilation: int) -> Tensor:
+    """Causal dilated conv1d by left zero-padding. One extra padded step (its output dropped) keeps
+    F.conv1d valid for T = 0."""
+    k = weight.shape[-1]
+    pre = F.conv1d(F.pad(x, (tap_shift(0, k, dilation) + 1, 0)), weight, bias, dilation=dilation)
+    return pre[:, :, 1:]
+
+
 def _gate_backward(grad: Tensor, pre: Tensor) -> Tensor:
     """d pre [..., 2C] of out = tanh(f) * sigmoid(g) (formulas of csrc/common/gated_conv_math.h)."""
     f, g = pre.chunk(2, -1)
@@ -48,8 +56,7 @@ def _gate_backward(grad: Tensor, pre: Tensor) -> Tensor:
 def _forward_ref(x: Tensor, weight: Tensor, bias: Tensor, dilation: int, cond: Tensor | None
                  ) -> tuple[Tensor, Tensor]:
     """Reference kernel of the op: (out [B, C_out, T] with time-major memory, pre [T, B, 2 C_out])."""
-    k = weight.shape[-1]
-    pre = F.conv1d(F.pad(x, (tap_shift(0, k, dilation), 0)), weight, bias, dilation=dilation)
+    pre = _causal_conv(x, weight, bias, dilation)
     if cond is not None:
         pre = pre + cond
     f, g = pre.chunk(2, 1)
@@ -182,8 +189,7 @@ def gated_causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor, dilation: i
     """Pure-PyTorch reference of :func:`gated_causal_conv1d`: a left-padded ``nn.Conv1d`` and the gate
     (differentiable by autograd). Output memory is ``[B, C_out, T]`` contiguous."""
     cond = _check_conv_args(x, weight, bias, dilation, cond)
-    k = weight.shape[-1]
-    pre = F.conv1d(F.pad(x, (tap_shift(0, k, dilation), 0)), weight, bias, dilation=dilation)
+    pre = _causal_conv(x, weight, bias, dilation)
     if cond is not None:
         pre = pre + cond
     f, g = pre.chunk(2, 1)
