@@ -3,6 +3,5 @@
 Each launcher has the name and positional arguments of the C++ op ``torch.ops.fastlv_C.<name>``;
 fastlv._backend calls them for the triton backend (a GPU, or TRITON_INTERPRET=1 on the CPU).
 """
-from .gmm import diag_gmm_log_prob, diag_gmm_log_prob_backward, gmm_log_prob, gmm_log_prob_backward
-
-__all__ = ["gmm_log_prob", "gmm_log_prob_backward", "diag_gmm_log_prob", "diag_gmm_log_prob_backward"]
+from .gated_conv import gated_causal_conv1d, gated_causal_conv1d_backward  # noqa: F401
+from .gmm import diag_gmm_log_prob, diag_gmm_log_prob_backward, gmm_log_prob, gmm_log_prob_backward  # noqa: F401

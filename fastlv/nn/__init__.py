@@ -1,3 +1,4 @@
 """Modules and models built on fastlv.ops."""
 from fastlv.nn.base import SequenceModel, SequenceOutput
 from fastlv.nn.gmm import DiagGaussianMixture, GaussianMixture, GMMHead
+from fastlv.nn.wavenet import TCN, TCNOutput, WaveNetBlock
