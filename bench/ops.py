@@ -11,7 +11,8 @@ from bench.common import format_table, machine, memory_bandwidth, save_results
 
 # One module per op family; each has run(quick, device, bandwidth) -> rows.
 OP_BENCHES = ["bench.gmm", "bench.gated_conv"]
-COLUMNS = ["op", "shape", "pass", "provider", "ms", "x vs eager", "x vs compile", "bound ms", "peak MB"]
+COLUMNS = ["op", "shape", "pass", "provider", "ms", "x vs eager", "x vs compile", "bound ms", "peak MB", "GFLOP/s",
+           "sgemm GFLOP/s"]
 
 
 def main(quick: bool = True, device: str = "cpu", only: list[str] | None = None) -> list[dict]:
