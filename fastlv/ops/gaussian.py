@@ -386,7 +386,7 @@ def draw_seed(device: torch.device, generator: torch.Generator | None = None) ->
     generator of the device), for the in-kernel normal generator."""
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"fastlv: generator is on {generator.device} but the inputs are on {device}")
-    return torch.empty((), dtype=torch.int64, device=device).random_(generator=generator)
+    return torch.randint(2**63 - 1, (), dtype=torch.int64, device=device, generator=generator)
 
 
 def _expand(t: Tensor | None, shape: torch.Size) -> Tensor | None:
