@@ -1,4 +1,5 @@
 """Modules and models built on fastlv.ops."""
 from fastlv.nn.base import SequenceModel, SequenceOutput
 from fastlv.nn.gmm import DiagGaussianMixture, GaussianMixture, GMMHead
+from fastlv.nn.latent import DiagGaussianLatent, gaussian_head
 from fastlv.nn.wavenet import TCN, TCNOutput, WaveNetBlock
