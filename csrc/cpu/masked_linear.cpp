@@ -422,6 +422,13 @@ void check_masked_linear_args(const at::Tensor& x, const at::Tensor& weight, con
   }
 }
 
+// x as a [rows, in] matrix (also when in == 0, where reshape(-1, in) is ambiguous).
+at::Tensor as_matrix(const at::Tensor& x, int64_t in) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
+  return x.reshape({rows, in}).contiguous();
+}
+
 std::vector<int64_t> output_shape(const at::Tensor& x, int64_t out) {
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = out;
@@ -433,7 +440,7 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   check_masked_linear_args(x, weight, mask, bias);
   const Activation act = parse_activation(activation);
   const int64_t out = weight.size(0), in = weight.size(1);
-  const at::Tensor x2 = x.reshape({-1, in}).contiguous(), wc = weight.contiguous();
+  const at::Tensor x2 = as_matrix(x, in), wc = weight.contiguous();
   at::Tensor y = at::empty({x2.size(0), out}, x.options());
   if (x2.size(0) > 0 && out > 0) {
     const auto plan = cached_plan(mask);
@@ -454,9 +461,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
   check_shape(grad, output_shape(x, out), "grad");
   TORCH_CHECK(act == Activation::kNone || output.has_value(), "fastlv: the relu backward needs the output");
   if (output.has_value()) check_shape(*output, output_shape(x, out), "output");
-  const at::Tensor x2 = x.reshape({-1, in}).contiguous(), wc = weight.contiguous();
-  const at::Tensor g2 = grad.to(x.scalar_type()).reshape({-1, out}).contiguous();
-  const at::Tensor out2 = output.has_value() ? output->to(x.scalar_type()).reshape({-1, out}).contiguous()
+  const at::Tensor x2 = as_matrix(x, in), wc = weight.contiguous();
+  const at::Tensor g2 = as_matrix(grad.to(x.scalar_type()), out);
+  const at::Tensor out2 = output.has_value() ? as_matrix(output->to(x.scalar_type()), out)
                                              : at::Tensor();
   at::Tensor grad_x = at::empty_like(x2), grad_w = at::empty_like(wc), grad_b = at::empty({out}, x.options());
   if (x2.size(0) > 0 && out > 0) {

@@ -11,6 +11,7 @@ an inf there is harmless) and receive exactly zero gradient.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -45,8 +46,9 @@ def _masked_linear_backward_ref(grad: Tensor, x: Tensor, weight: Tensor, mask: T
     out_features, in_features = weight.shape
     if activation == "relu":
         grad = torch.where(output > 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
-    gz = grad.reshape(-1, out_features).to(x.dtype)
-    x2 = x.reshape(-1, in_features)
+    rows = math.prod(x.shape[:-1])
+    gz = grad.reshape(rows, out_features).to(x.dtype)
+    x2 = x.reshape(rows, in_features)
     grad_x = (gz @ _masked_weight(weight, mask)).reshape(x.shape)
     grad_weight = _masked_weight(gz.t() @ x2, mask)
     return grad_x, grad_weight, gz.sum(0)
