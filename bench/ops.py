@@ -10,7 +10,7 @@ import torch
 from bench.common import format_table, machine, memory_bandwidth, save_results
 
 # One module per op family; each has run(quick, device, bandwidth) -> rows.
-OP_BENCHES = ["bench.gmm", "bench.gaussian", "bench.gated_conv"]
+OP_BENCHES = ["bench.gmm", "bench.gaussian", "bench.gated_conv", "bench.masked_linear"]
 COLUMNS = ["op", "shape", "pass", "provider", "ms", "x vs eager", "x vs compile", "bound ms", "peak MB", "GFLOP/s",
            "sgemm GFLOP/s"]
 

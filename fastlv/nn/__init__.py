@@ -2,4 +2,6 @@
 from fastlv.nn.base import SequenceModel, SequenceOutput
 from fastlv.nn.gmm import DiagGaussianMixture, GaussianMixture, GMMHead
 from fastlv.nn.latent import DiagGaussianLatent, gaussian_head
+from fastlv.nn.made import (MADE, ElementDistribution, HierarchicalOutput, LowLevelLSTM, MaskedLinear,
+                            PerDimensionLinear, hidden_degrees, input_degrees, made_mask)
 from fastlv.nn.wavenet import TCN, TCNOutput, WaveNetBlock
