@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastlv.nn.base import SequenceModel
+from fastlv.ops import gaussian_rsample
 
 
 class ClampedLeakyReLU(nn.Module):
@@ -159,7 +160,7 @@ class StochasticLSTM(nn.Module):
         self.cell = nn.LSTMCell(d_mlp + d_input, d_rnn)  # input [W_z z_t, u_t]
         orthogonal_recurrent_init(self.cell)
 
-    def _clamp(self, params: Tensor) -> Tensor:
+    def clamp(self, params: Tensor) -> Tensor:
         return params if self.param_clamp is None else params.clamp(-self.param_clamp, self.param_clamp)
 
     def unroll(self, u: Tensor, a: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -185,7 +186,7 @@ class StochasticLSTM(nn.Module):
         for t in range(N):
             first, gates = torch.addmm(pre[:, t], h, w_state).split([2 * M, 4 * H], 1)
             hidden = F.leaky_relu(first, 1.0 / 3.0).clamp(-3.0, 3.0).view(B, 2, M).transpose(0, 1)
-            p_t, q_t = self._clamp(torch.baddbmm(b_out, hidden, w_out)).unbind(0)
+            p_t, q_t = self.clamp(torch.baddbmm(b_out, hidden, w_out)).unbind(0)
             mu_q, logvar_q = q_t.chunk(2, 1)
             z = torch.addcmul(mu_q, torch.exp(0.5 * logvar_q), eps[:, t])
             h_prev.append(h)
@@ -198,7 +199,6 @@ class StochasticLSTM(nn.Module):
         if state is None:
             state = (u_t.new_zeros(u_t.shape[0], self.d_rnn),) * 2
         h_prev = state[0]
-        mu_p, logvar_p = self._clamp(self.prior(h_prev)).chunk(2, -1)
-        z = mu_p + torch.exp(0.5 * logvar_p) * torch.randn_like(mu_p)
+        z = gaussian_rsample(*self.clamp(self.prior(h_prev)).chunk(2, -1))
         state = self.cell(torch.cat([self.latent_proj(z), u_t], -1), state)
         return h_prev, z, state
