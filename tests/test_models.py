@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Categorical, Independent, MixtureSameFamily, Normal
 
-from fastlv.nn import (DeltaRNN, FlatRNN, FlatSRNN, FraccaroSRNN, FRNN, SimplifiedSRNN, SISRNN, STORN, VRNN,
-                       ZForcingSRNN, observation_head)
+from fastlv.nn import (DeltaRNN, FlatRNN, FlatSRNN, FraccaroSRNN, FRNN, HierRNN, HierSRNN, LowLevelLSTM, LowLevelMADE,
+                       SimplifiedSRNN, SISRNN, STORN, VRNN, ZForcingSRNN, observation_head)
 
 
 
@@ -37,6 +37,10 @@ TINY = {  # name -> (class, keyword arguments); frame size is the first argument
     "FraccaroSRNN-filtering": (FraccaroSRNN, dict(d_rnn=12, posterior="filtering", residual=False, **LATENT)),
     "SISRNN": (SISRNN, dict(d_rnn=12, d_latent=3, d_emb=8, prior_hidden=8, encoder_hidden=8, noise_dims=(4, 3, 2),
                             output="gaussian", mixing_samples=3)),
+    "HierRNN": (HierRNN, dict(d_emb=8, d_rnn=12, n_components=3)),
+    "HierRNN-made": (HierRNN, dict(d_emb=8, d_rnn=12, n_components=3, low_level="made", d_low=10)),
+    "HierSRNN": (HierSRNN, dict(d_emb=8, d_rnn=12, n_components=2, **LATENT)),
+    "HierSRNN-made": (HierSRNN, dict(d_emb=8, d_rnn=12, n_components=2, low_level="made", d_low=10, **LATENT)),
 }
 LATENT_MODELS = [n for n, (cls, _) in TINY.items() if cls.is_latent]
 
@@ -151,9 +155,22 @@ def test_simplified_srnn_generative_path_is_causal(name):
                                model._reconstruct(changed, forward_changed, z)[:, :t + 1])
 
 
+@pytest.mark.parametrize("low_level", [LowLevelLSTM(5, 6, 4, 7, n_components=2), LowLevelMADE(5, 6, 9, n_components=2),
+                                       LowLevelMADE(5, 6, 9, output="bernoulli")], ids=["lstm", "made", "made-bernoulli"])
+def test_low_level_is_autoregressive_within_the_frame(low_level):
+    """Element i's output parameters see h_t and x_t,<i only (Eq. 13-14)."""
+    h, x = torch.randn(3, 2, 6), torch.randn(3, 2, 5)
+    params = low_level.element_params(h, x)
+    for i in range(5):
+        changed = x.clone()
+        changed[..., i:] = torch.randn_like(changed[..., i:])
+        torch.testing.assert_close(low_level.element_params(h, changed)[..., :i + 1, :], params[..., :i + 1, :])
+    assert not torch.allclose(low_level.element_params(h + 1, x)[..., 0, :], params[..., 0, :])
+
+
 # ----------------------------------------------------------------------------------------------- bounds
 
-BOUND_MODELS = ["SimplifiedSRNN", "FlatSRNN", "ZForcingSRNN-flat", "VRNN", "STORN", "FraccaroSRNN"]
+BOUND_MODELS = ["SimplifiedSRNN", "FlatSRNN", "ZForcingSRNN-flat", "VRNN", "STORN", "FraccaroSRNN", "HierSRNN"]
 
 
 @pytest.mark.parametrize("name", BOUND_MODELS)
@@ -202,6 +219,8 @@ REFERENCE_COUNTS = [  # (class, configuration, count of the reference code, sour
     (FlatRNN, "timit", 16_857_484, "reexamine-srnn RNN-flat 2x1100"),
     (FlatSRNN, "timit", 16_930_838, "reexamine-srnn SRNN-flat 1x825"),
     (ZForcingSRNN, "timit", 17_440_144, "zforcing, no aux / backward-output nets (Table 5: 17.44M)"),
+    (HierRNN, "timit", 17_275_736, "reexamine-srnn RNN-hier d_rnn 700"),
+    (HierSRNN, "timit", 17_248_352, "reexamine-srnn SRNN-hier d_rnn 660"),
 ]
 PAPER_COUNTS = [  # (class, configuration, count the paper reports, relative tolerance)
     (DeltaRNN, "timit_random", 18_570_000, 0.005),  # Table 8: 18.57M

@@ -2,5 +2,5 @@
 from fastlv.nn.base import SequenceModel, SequenceOutput
 from fastlv.nn.gmm import DiagGaussianMixture, GaussianMixture, GMMHead
 from fastlv.nn.heads import ObservationHead, observation_head
-from fastlv.nn.models import (DeltaRNN, FlatRNN, FlatSRNN, FraccaroSRNN, FRNN, SimplifiedSRNN, SISRNN, STORN, VRNN,
-                              ZForcingSRNN)
+from fastlv.nn.models import (DeltaRNN, FlatRNN, FlatSRNN, FraccaroSRNN, FRNN, HierRNN, HierSRNN, LowLevelLSTM,
+                              LowLevelMADE, SimplifiedSRNN, SISRNN, STORN, VRNN, ZForcingSRNN)

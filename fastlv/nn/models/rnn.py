@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from fastlv.nn.base import SequenceOutput
-from fastlv.nn.heads import observation_head
+from fastlv.nn.heads import ObservationHead, observation_head
 from fastlv.nn.models.common import RecurrentModel, orthogonal_recurrent_init, shift_right
 
 
@@ -13,19 +13,20 @@ class FRNN(RecurrentModel):
     """Factorized RNN (Dai et al. Sec. 4.1): h_t = LSTM(x_{t-1}, h_{t-1}) (Eq. 2) over multi-frame steps,
     and an output factorized over the frame, p(x_t | x_<t) = prod_i p(x_t,i | h_t) (Eq. 5), by default a
     20-component Gaussian mixture per value (the fused :func:`fastlv.ops.gmm_log_prob`). The
-    log-likelihood is exact; ``kl`` is zero. ``flat=True`` gives RNN-flat."""
+    log-likelihood is exact; ``kl`` is zero. ``flat=True`` gives RNN-flat; ``head`` replaces the output
+    model (the hierarchical models pass their low level)."""
     CONFIGS = {
         # re-examination code, TIMIT F-RNN 2 x 750: 17,412,912 parameters
         "timit": dict(frame_size=200, d_rnn=750, n_layers=2),
     }
 
     def __init__(self, frame_size: int, d_emb: int = 512, d_rnn: int = 750, n_layers: int = 2, output: str = "gmm",
-                 n_components: int = 20, flat: bool = False):
+                 n_components: int = 20, flat: bool = False, head: ObservationHead | None = None):
         super().__init__(frame_size, flat)
         self.embed = nn.Linear(self.step_size, d_emb)
         self.rnn = nn.LSTM(d_emb, d_rnn, n_layers, batch_first=True)
         orthogonal_recurrent_init(self.rnn)
-        self.head = observation_head(output, d_rnn, self.step_size, n_components)
+        self.head = head if head is not None else observation_head(output, d_rnn, self.step_size, n_components)
 
     def step_log_probs(self, x: Tensor) -> Tensor:
         """log p(x_t | x_<t) per step ``[B, N]`` of steps ``x [B, N, step_size]``."""

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from fastlv.nn.base import SequenceOutput
-from fastlv.nn.heads import observation_head
+from fastlv.nn.heads import ObservationHead, observation_head
 from fastlv.nn.models.common import (LatentModel, clamp_options, gaussian_mlp, orthogonal_recurrent_init,
                                      reverse_padded, shift_right)
 from fastlv.ops import gaussian_log_prob, gaussian_rsample, gaussian_sample_kl
@@ -26,7 +26,8 @@ class SimplifiedSRNN(LatentModel):
     clipped to +-3 -> Linear, means and log-variances clamped to [-8, 8] (``param_clamp``, None = off),
     orthogonal recurrent weights, and one Gaussian (a 1-component GMM) per output value.
 
-    ``flat=True`` models the sequence flattened to one scalar per step (SRNN-flat, Sec. 5.2).
+    ``flat=True`` models the sequence flattened to one scalar per step (SRNN-flat, Sec. 5.2); ``head``
+    replaces the output model p(x_t | h_t) (SRNN-hier passes its low level).
     """
     CONFIGS = {
         # re-examination code, TIMIT F-SRNN: 17,525,848 parameters
@@ -35,7 +36,7 @@ class SimplifiedSRNN(LatentModel):
 
     def __init__(self, frame_size: int, d_emb: int = 512, d_rnn: int = 750, d_mlp: int = 512, d_latent: int = 256,
                  n_layers: int = 1, output: str = "gmm", n_components: int = 1, param_clamp: float | None = 8.0,
-                 flat: bool = False):
+                 flat: bool = False, head: ObservationHead | None = None):
         super().__init__(frame_size, flat)
         self.clamps = clamp_options(param_clamp)
         self.d_latent = d_latent
@@ -45,7 +46,7 @@ class SimplifiedSRNN(LatentModel):
         self.prior = gaussian_mlp(d_rnn, d_mlp, d_latent)
         self.posterior = gaussian_mlp(2 * d_rnn, d_mlp, d_latent)
         self.latent_rnn = nn.LSTM(d_rnn + d_latent, d_rnn, batch_first=True)
-        self.head = observation_head(output, d_rnn, self.step_size, n_components)
+        self.head = head if head is not None else observation_head(output, d_rnn, self.step_size, n_components)
         for rnn in (self.forward_rnn, self.backward_rnn, self.latent_rnn):
             orthogonal_recurrent_init(rnn)
 
