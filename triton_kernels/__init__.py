@@ -3,6 +3,10 @@
 Each launcher has the name and positional arguments of the C++ op ``torch.ops.fastlv_C.<name>``;
 fastlv._backend calls them for the triton backend (a GPU, or TRITON_INTERPRET=1 on the CPU).
 """
+from .gaussian import (gaussian_log_prob, gaussian_log_prob_backward, gaussian_sample_kl,
+                       gaussian_sample_kl_backward, precision_weighted, precision_weighted_backward)
 from .gmm import diag_gmm_log_prob, diag_gmm_log_prob_backward, gmm_log_prob, gmm_log_prob_backward
 
-__all__ = ["gmm_log_prob", "gmm_log_prob_backward", "diag_gmm_log_prob", "diag_gmm_log_prob_backward"]
+__all__ = ["gmm_log_prob", "gmm_log_prob_backward", "diag_gmm_log_prob", "diag_gmm_log_prob_backward",
+           "gaussian_sample_kl", "gaussian_sample_kl_backward", "gaussian_log_prob", "gaussian_log_prob_backward",
+           "precision_weighted", "precision_weighted_backward"]

@@ -17,6 +17,9 @@ constexpr double kHalfLog2Pi = 0.91893853320467274178;  // 0.5 * log(2 * pi)
 
 template <typename T> FASTLV_HD T exp_of(T v);
 template <typename T> FASTLV_HD T log_of(T v);
+template <typename T> FASTLV_HD T sqrt_of(T v);
+template <typename T> FASTLV_HD T sin_of(T v);
+template <typename T> FASTLV_HD T cos_of(T v);
 template <typename T> FASTLV_HD T max_of(T a, T b);
 template <typename T> FASTLV_HD T min_of(T a, T b);
 // v where lo <= x <= hi, else 0 (gradient of a clamp).
@@ -26,6 +29,12 @@ template <> FASTLV_HD float exp_of<float>(float v) { return expf(v); }
 template <> FASTLV_HD double exp_of<double>(double v) { return exp(v); }
 template <> FASTLV_HD float log_of<float>(float v) { return logf(v); }
 template <> FASTLV_HD double log_of<double>(double v) { return log(v); }
+template <> FASTLV_HD float sqrt_of<float>(float v) { return sqrtf(v); }
+template <> FASTLV_HD double sqrt_of<double>(double v) { return sqrt(v); }
+template <> FASTLV_HD float sin_of<float>(float v) { return sinf(v); }
+template <> FASTLV_HD double sin_of<double>(double v) { return sin(v); }
+template <> FASTLV_HD float cos_of<float>(float v) { return cosf(v); }
+template <> FASTLV_HD double cos_of<double>(double v) { return cos(v); }
 template <> FASTLV_HD float max_of<float>(float a, float b) { return a > b ? a : b; }
 template <> FASTLV_HD double max_of<double>(double a, double b) { return a > b ? a : b; }
 template <> FASTLV_HD float min_of<float>(float a, float b) { return a < b ? a : b; }

@@ -14,6 +14,12 @@ template <> inline Vectorized<float> exp_of(Vectorized<float> v) { return v.exp_
 template <> inline Vectorized<double> exp_of(Vectorized<double> v) { return v.exp(); }
 template <> inline Vectorized<float> log_of(Vectorized<float> v) { return v.log(); }
 template <> inline Vectorized<double> log_of(Vectorized<double> v) { return v.log(); }
+template <> inline Vectorized<float> sqrt_of(Vectorized<float> v) { return v.sqrt(); }
+template <> inline Vectorized<double> sqrt_of(Vectorized<double> v) { return v.sqrt(); }
+template <> inline Vectorized<float> sin_of(Vectorized<float> v) { return v.sin(); }
+template <> inline Vectorized<double> sin_of(Vectorized<double> v) { return v.sin(); }
+template <> inline Vectorized<float> cos_of(Vectorized<float> v) { return v.cos(); }
+template <> inline Vectorized<double> cos_of(Vectorized<double> v) { return v.cos(); }
 template <> inline Vectorized<float> max_of(Vectorized<float> a, Vectorized<float> b) {
   return at::vec::maximum(a, b);
 }

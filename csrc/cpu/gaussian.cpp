@@ -1,0 +1,551 @@
+// CPU kernels of the diagonal-Gaussian latent ops (fastlv_C::gaussian_sample_kl, gaussian_log_prob,
+// precision_weighted and their backward ops).
+//
+// Inputs are [N, D] rows (D = the latent dimension). One task takes a range of rows; a row is one
+// vectorized pass over D (the per-dimension math of csrc/common/gaussian_math.h, at::vec lanes), so
+// every input is read once and the KL row sum stays in a register. The backward recomputes the step
+// from the inputs: nothing but the outputs exists after the forward.
+// Noise: when eps is not given, the row's normals are generated into a per-task buffer (L1) just before
+// the pass, with the counter-based generator of csrc/common/philox.h: Philox runs on 16 uint32 lanes
+// (a GCC vector; AVX-512 multiplies, or two AVX2 halves), Box-Muller on at::vec. The backward
+// regenerates the same normals from the seed instead of reading a stored eps.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/gaussian_math.h"
+#include "common/philox.h"
+#include "cpu/vec_math.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte GCC vectors are passed only between inlined functions
+
+namespace fastlv {
+
+// 16 Philox lanes (one per counter of a block) and their float conversion.
+typedef uint32_t PhiloxLanes __attribute__((vector_size(64)));
+typedef int32_t IntLanes __attribute__((vector_size(64)));
+typedef float FloatLanes __attribute__((vector_size(64)));
+typedef uint64_t WideLanes __attribute__((vector_size(64)));
+
+// High halves of a * b for 16 lanes: even lanes multiply as the low halves of 64-bit lanes, odd lanes
+// as the high halves (vpmuludq), then the two sets of high halves interleave back.
+template <>
+inline PhiloxLanes mul_hi<PhiloxLanes>(PhiloxLanes a, uint32_t b) {
+  const WideLanes wide = (WideLanes)a, low_half = WideLanes{} + 0xffffffffull;  // vector casts keep the bits
+  const WideLanes even = (wide & low_half) * uint64_t(b), odd = (wide >> 32) * uint64_t(b);
+  return (PhiloxLanes)((even >> 32) | (odd & ~low_half));
+}
+
+namespace {
+
+template <typename scalar_t>
+using Vec = at::vec::Vectorized<scalar_t>;
+
+// uniform_from_bits of csrc/common/philox.h on 16 lanes.
+void store_uniforms(PhiloxLanes bits, float* out) {
+  const PhiloxLanes k = (bits >> 9) * 2u + 1u;  // < 2^24: exact as int32 and as float
+  const FloatLanes u = __builtin_convertvector((IntLanes)k, FloatLanes) *
+                       5.9604644775390625e-8f;
+  std::memcpy(out, &u, sizeof(u));
+}
+
+// The 64 normals of block `block` of the stream of `key` (layout in csrc/common/philox.h).
+void normal_block(uint32_t k0, uint32_t k1, int64_t block, float* out) {
+  using V = Vec<float>;
+  PhiloxLanes c0, c1, c2 = {}, c3 = {};
+  const uint64_t first = uint64_t(block) * kCountersPerBlock;
+  for (int l = 0; l < kCountersPerBlock; ++l) {
+    c0[l] = uint32_t(first + l);
+    c1[l] = uint32_t((first + l) >> 32);
+  }
+  philox4x32_10(c0, c1, c2, c3, k0, k1);
+  alignas(64) float u[4][kCountersPerBlock];
+  store_uniforms(c0, u[0]);
+  store_uniforms(c1, u[1]);
+  store_uniforms(c2, u[2]);
+  store_uniforms(c3, u[3]);
+  for (int l = 0; l < kCountersPerBlock; l += V::size()) {
+    V n_cos, n_sin;
+    box_muller(V::loadu(u[0] + l), V::loadu(u[1] + l), n_cos, n_sin);  // j = 0, 1
+    n_cos.store(out + l);
+    n_sin.store(out + kCountersPerBlock + l);
+    box_muller(V::loadu(u[2] + l), V::loadu(u[3] + l), n_cos, n_sin);  // j = 2, 3
+    n_cos.store(out + 2 * kCountersPerBlock + l);
+    n_sin.store(out + 3 * kCountersPerBlock + l);
+  }
+}
+
+// Normals [start, start + count) of the stream of `seed` into out (whole blocks, cut at the ends).
+void fill_normals(int64_t seed, int64_t start, int64_t count, float* out) {
+  const uint32_t k0 = uint32_t(uint64_t(seed)), k1 = uint32_t(uint64_t(seed) >> 32);
+  alignas(64) float block_normals[kNormalsPerBlock];
+  for (int64_t i = start, end = start + count; i < end;) {
+    const int64_t offset = i % kNormalsPerBlock, take = std::min(kNormalsPerBlock - offset, end - i);
+    if (take == kNormalsPerBlock) {
+      normal_block(k0, k1, i / kNormalsPerBlock, out + (i - start));
+    } else {
+      normal_block(k0, k1, i / kNormalsPerBlock, block_normals);
+      std::memcpy(out + (i - start), block_normals + offset, take * sizeof(float));
+    }
+    i += take;
+  }
+}
+
+// One row's eps: the given tensor's row, or the row's normals generated into a per-task buffer
+// (converted to scalar_t for fp64).
+template <typename scalar_t>
+class RowNoise {
+ public:
+  RowNoise(const scalar_t* eps, int64_t seed, int64_t D, bool needed)
+      : eps_(eps), seed_(seed), D_(D), normals_(needed && eps == nullptr ? D : 0) {
+    if (!std::is_same_v<scalar_t, float>) converted_.resize(normals_.size());
+  }
+  const scalar_t* row(int64_t n) {
+    if (eps_ != nullptr) return eps_ + n * D_;
+    fill_normals(seed_, n * D_, D_, normals_.data());
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      return normals_.data();
+    } else {
+      std::copy(normals_.begin(), normals_.end(), converted_.begin());
+      return converted_.data();
+    }
+  }
+
+ private:
+  const scalar_t* eps_;
+  int64_t seed_, D_;
+  std::vector<float> normals_;
+  std::vector<scalar_t> converted_;
+};
+
+// Rows per parallel task: about 16K elements.
+int64_t row_grain(int64_t D) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1)); }
+
+template <typename scalar_t>
+struct LatentInputs {
+  const scalar_t *mu_q, *lv_q, *mu_p, *lv_p;  // [N, D]; mu_p/lv_p null without a prior
+  const scalar_t* eps;                        // [N, D], or null: drawn from seed
+  int64_t seed, N, D;
+  bool elementwise;  // kl [N, D] instead of its row sums [N]
+  LatentBounds<scalar_t> bounds;
+
+  // Dimensions [d, d + count) of row n.
+  template <bool kPrior>
+  LatentParams<Vec<scalar_t>> load(int64_t i, int64_t count) const {
+    using V = Vec<scalar_t>;
+    return {V::loadu(mu_q + i, count), V::loadu(lv_q + i, count), kPrior ? V::loadu(mu_p + i, count) : V(0),
+            kPrior ? V::loadu(lv_p + i, count) : V(0)};
+  }
+  LatentBounds<Vec<scalar_t>> vector_bounds() const {
+    using V = Vec<scalar_t>;
+    return {V(bounds.mu_lo), V(bounds.mu_hi), V(bounds.lv_lo), V(bounds.lv_hi), V(bounds.free_bits)};
+  }
+};
+
+template <typename scalar_t, bool kPrior, bool kPW, bool kSample, bool kKL>
+void latent_forward_kernel(const LatentInputs<scalar_t>& in, scalar_t* z, scalar_t* kl) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t W = V::size();
+  const int64_t D = in.D;
+  at::parallel_for(0, in.N, row_grain(D), [&](int64_t n0, int64_t n1) {
+    RowNoise<scalar_t> noise(in.eps, in.seed, D, kSample);
+    const LatentBounds<V> bounds = in.vector_bounds();
+    for (int64_t n = n0; n < n1; ++n) {
+      const scalar_t* eps = kSample ? noise.row(n) : nullptr;
+      V kl_sum(0);
+      for (int64_t d = 0; d < D; d += W) {
+        const int64_t count = std::min(W, D - d), i = n * D + d;
+        const LatentStep<kPrior, kPW, kSample, kKL, V> step(in.template load<kPrior>(i, count),
+                                                            kSample ? V::loadu(eps + d, count) : V(0), bounds);
+        if constexpr (kSample) step.z().store(z + i, count);
+        if constexpr (kKL) {
+          if (in.elementwise) {
+            step.kl.store(kl + i, count);
+          } else {
+            kl_sum += count == W ? step.kl : V::set(V(0), step.kl, count);  // padded lanes add 0
+          }
+        }
+      }
+      if (kKL && !in.elementwise) kl[n] = at::vec::vec_reduce_all<scalar_t>([](V a, V b) { return a + b; }, kl_sum);
+    }
+  });
+}
+
+template <typename scalar_t, bool kPrior, bool kPW, bool kSample, bool kKL>
+void latent_backward_kernel(const LatentInputs<scalar_t>& in, const scalar_t* grad_z, const scalar_t* grad_kl,
+                            scalar_t* d_mu_q, scalar_t* d_lv_q, scalar_t* d_mu_p, scalar_t* d_lv_p) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t W = V::size();
+  const int64_t D = in.D;
+  at::parallel_for(0, in.N, row_grain(D), [&](int64_t n0, int64_t n1) {
+    RowNoise<scalar_t> noise(in.eps, in.seed, D, kSample);
+    const LatentBounds<V> bounds = in.vector_bounds();
+    for (int64_t n = n0; n < n1; ++n) {
+      const scalar_t* eps = kSample ? noise.row(n) : nullptr;
+      const V g_kl_row = kKL && !in.elementwise ? V(grad_kl[n]) : V(0);
+      for (int64_t d = 0; d < D; d += W) {
+        const int64_t count = std::min(W, D - d), i = n * D + d;
+        const LatentStep<kPrior, kPW, kSample, kKL, V> step(in.template load<kPrior>(i, count),
+                                                            kSample ? V::loadu(eps + d, count) : V(0), bounds);
+        const V g_z = kSample ? V::loadu(grad_z + i, count) : V(0);
+        const V g_kl = kKL && in.elementwise ? V::loadu(grad_kl + i, count) : g_kl_row;
+        const LatentParams<V> g = step.grads(g_z, g_kl, bounds);
+        g.mu_q.store(d_mu_q + i, count);
+        g.lv_q.store(d_lv_q + i, count);
+        if constexpr (kPrior) {
+          g.mu_p.store(d_mu_p + i, count);
+          g.lv_p.store(d_lv_p + i, count);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void log_prob_forward_kernel(const scalar_t* x, const scalar_t* mu, const scalar_t* lv, int64_t N, int64_t D,
+                             bool elementwise, LatentBounds<scalar_t> b, scalar_t* out) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t W = V::size();
+  at::parallel_for(0, N, row_grain(D), [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      V sum(0), scaled_diff;
+      for (int64_t d = 0; d < D; d += W) {
+        const int64_t count = std::min(W, D - d), i = n * D + d;
+        const V term = gaussian_log_prob_term(V::loadu(x + i, count),
+                                              clamp_of(V::loadu(mu + i, count), V(b.mu_lo), V(b.mu_hi)),
+                                              clamp_of(V::loadu(lv + i, count), V(b.lv_lo), V(b.lv_hi)), scaled_diff);
+        if (elementwise) {
+          term.store(out + i, count);
+        } else {
+          sum += count == W ? term : V::set(V(0), term, count);
+        }
+      }
+      if (!elementwise) out[n] = at::vec::vec_reduce_all<scalar_t>([](V a, V c) { return a + c; }, sum);
+    }
+  });
+}
+
+template <typename scalar_t>
+void log_prob_backward_kernel(const scalar_t* grad, const scalar_t* x, const scalar_t* mu, const scalar_t* lv,
+                              int64_t N, int64_t D, bool elementwise, LatentBounds<scalar_t> b, scalar_t* d_x,
+                              scalar_t* d_mu, scalar_t* d_lv) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t W = V::size();
+  at::parallel_for(0, N, row_grain(D), [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t d = 0; d < D; d += W) {
+        const int64_t count = std::min(W, D - d), i = n * D + d;
+        const V x_i = V::loadu(x + i, count), mu_raw = V::loadu(mu + i, count), lv_raw = V::loadu(lv + i, count);
+        const V mu_c = clamp_of(mu_raw, V(b.mu_lo), V(b.mu_hi));
+        V scaled_diff, dx, dmu, dlv;
+        gaussian_log_prob_term(x_i, mu_c, clamp_of(lv_raw, V(b.lv_lo), V(b.lv_hi)), scaled_diff);
+        const V g = elementwise ? V::loadu(grad + i, count) : V(grad[n]);
+        gaussian_log_prob_grads(g, x_i, mu_c, scaled_diff, dx, dmu, dlv);
+        dx.store(d_x + i, count);
+        where_in_range(mu_raw, V(b.mu_lo), V(b.mu_hi), dmu).store(d_mu + i, count);
+        where_in_range(lv_raw, V(b.lv_lo), V(b.lv_hi), dlv).store(d_lv + i, count);
+      }
+    }
+  });
+}
+
+constexpr int64_t kElementGrain = 16384;
+
+template <typename scalar_t>
+void precision_weighted_forward_kernel(const scalar_t* mu_a, const scalar_t* var_a, const scalar_t* mu_b,
+                                       const scalar_t* var_b, int64_t numel, scalar_t* mu, scalar_t* var) {
+  using V = Vec<scalar_t>;
+  at::parallel_for(0, numel, kElementGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i += V::size()) {
+      const int64_t count = std::min<int64_t>(V::size(), i1 - i);
+      V m, v;
+      precision_weighted_combine(V::loadu(mu_a + i, count), V::loadu(var_a + i, count), V::loadu(mu_b + i, count),
+                                 V::loadu(var_b + i, count), m, v);
+      m.store(mu + i, count);
+      v.store(var + i, count);
+    }
+  });
+}
+
+template <typename scalar_t>
+void precision_weighted_backward_kernel(const scalar_t* g_mu, const scalar_t* g_var, const scalar_t* mu_a,
+                                        const scalar_t* var_a, const scalar_t* mu_b, const scalar_t* var_b,
+                                        int64_t numel, scalar_t* d_mu_a, scalar_t* d_var_a, scalar_t* d_mu_b,
+                                        scalar_t* d_var_b) {
+  using V = Vec<scalar_t>;
+  at::parallel_for(0, numel, kElementGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i += V::size()) {
+      const int64_t count = std::min<int64_t>(V::size(), i1 - i);
+      V dma, dva, dmb, dvb;
+      precision_weighted_combine_grads(V::loadu(g_mu + i, count), V::loadu(g_var + i, count),
+                                       V::loadu(mu_a + i, count), V::loadu(var_a + i, count),
+                                       V::loadu(mu_b + i, count), V::loadu(var_b + i, count), dma, dva, dmb, dvb);
+      dma.store(d_mu_a + i, count);
+      dva.store(d_var_a + i, count);
+      dmb.store(d_mu_b + i, count);
+      dvb.store(d_var_b + i, count);
+    }
+  });
+}
+
+// ---- torch glue ----
+
+using OptTensor = std::optional<at::Tensor>;
+
+// Rows of a [..., D] tensor: (N, D); N = the product of the batch dimensions (also when D == 0).
+std::pair<int64_t, int64_t> rows_of(const at::Tensor& t) {
+  const int64_t D = t.size(-1);
+  int64_t N = 1;
+  for (int64_t s : t.sizes().slice(0, t.dim() - 1)) N *= s;
+  return {N, D};
+}
+
+// The optional inputs present together, same shape/dtype/device as mu_q.
+void check_latent_args(const at::Tensor& mu_q, const at::Tensor& lv_q, const OptTensor& mu_p, const OptTensor& lv_p,
+                       const OptTensor& eps, const OptTensor& seed, bool sample, bool kl, bool precision_weighted) {
+  check_float(mu_q, "mu_q");
+  TORCH_CHECK(mu_q.dim() >= 1, "fastlv: mu_q must have a trailing latent dimension");
+  check_same(lv_q, mu_q, "logvar_q", "mu_q");
+  check_shape(lv_q, mu_q.sizes(), "logvar_q");
+  TORCH_CHECK(mu_p.has_value() == lv_p.has_value(), "fastlv: mu_p and logvar_p must be given together");
+  if (mu_p) {
+    check_same(*mu_p, mu_q, "mu_p", "mu_q");
+    check_same(*lv_p, mu_q, "logvar_p", "mu_q");
+    check_shape(*mu_p, mu_q.sizes(), "mu_p");
+    check_shape(*lv_p, mu_q.sizes(), "logvar_p");
+  }
+  if (sample) {
+    TORCH_CHECK(eps.has_value() != seed.has_value(), "fastlv: sampling needs exactly one of eps and seed");
+  }
+  if (eps) {
+    check_same(*eps, mu_q, "eps", "mu_q");
+    check_shape(*eps, mu_q.sizes(), "eps");
+  }
+  if (seed) {
+    TORCH_CHECK(seed->scalar_type() == at::kLong && seed->numel() == 1,
+                "fastlv: seed must be a one-element int64 tensor, got ", seed->scalar_type(), " ", seed->sizes());
+  }
+  TORCH_CHECK(sample || kl, "fastlv: gaussian_sample_kl needs sample or kl");
+  TORCH_CHECK(!precision_weighted || mu_p.has_value(), "fastlv: the precision-weighted posterior needs a prior");
+}
+
+at::Tensor kl_output(const at::Tensor& mu_q, bool kl, bool elementwise) {
+  if (!kl) return at::empty({0}, mu_q.options());
+  return elementwise ? at::empty_like(mu_q, at::MemoryFormat::Contiguous)
+                     : at::empty(mu_q.sizes().slice(0, mu_q.dim() - 1), mu_q.options());
+}
+
+template <typename scalar_t>
+LatentInputs<scalar_t> latent_inputs(const at::Tensor& mu_q, const at::Tensor& lv_q, const OptTensor& mu_p,
+                                     const OptTensor& lv_p, const OptTensor& eps, const OptTensor& seed,
+                                     bool elementwise, double free_bits, double mu_min, double mu_max,
+                                     double lv_min, double lv_max) {
+  const auto [N, D] = rows_of(mu_q);
+  return {mu_q.const_data_ptr<scalar_t>(),
+          lv_q.const_data_ptr<scalar_t>(),
+          mu_p ? mu_p->const_data_ptr<scalar_t>() : nullptr,
+          lv_p ? lv_p->const_data_ptr<scalar_t>() : nullptr,
+          eps ? eps->const_data_ptr<scalar_t>() : nullptr,
+          seed ? seed->item<int64_t>() : 0,
+          N,
+          D,
+          elementwise,
+          {scalar_t(mu_min), scalar_t(mu_max), scalar_t(lv_min), scalar_t(lv_max), scalar_t(free_bits)}};
+}
+
+OptTensor contiguous(const OptTensor& t) { return t ? OptTensor(t->contiguous()) : std::nullopt; }
+
+std::tuple<at::Tensor, at::Tensor> gaussian_sample_kl_cpu(
+    const at::Tensor& mu_q, const at::Tensor& logvar_q, const OptTensor& mu_p, const OptTensor& logvar_p,
+    const OptTensor& eps, const OptTensor& seed, bool sample, bool kl, bool precision_weighted, bool elementwise,
+    double free_bits, double mu_min, double mu_max, double logvar_min, double logvar_max) {
+  check_latent_args(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl, precision_weighted);
+  const auto mqc = mu_q.contiguous(), lqc = logvar_q.contiguous();
+  const auto mpc = contiguous(mu_p), lpc = contiguous(logvar_p), ec = sample ? contiguous(eps) : std::nullopt;
+  auto z = sample ? at::empty_like(mqc) : at::empty({0}, mu_q.options());
+  auto kl_out = kl_output(mqc, kl, elementwise);
+  AT_DISPATCH_FLOATING_TYPES(mu_q.scalar_type(), "gaussian_sample_kl_cpu", [&] {
+    const auto in = latent_inputs<scalar_t>(mqc, lqc, mpc, lpc, ec, sample ? seed : std::nullopt, elementwise,
+                                            free_bits, mu_min, mu_max, logvar_min, logvar_max);
+    const bool supported = dispatch_latent_step(mu_p.has_value(), precision_weighted, sample, kl,
+                                                [&](auto prior, auto pw, auto samp, auto with_kl) {
+      latent_forward_kernel<scalar_t, prior, pw, samp, with_kl>(in, sample ? z.mutable_data_ptr<scalar_t>() : nullptr,
+                                                                kl ? kl_out.mutable_data_ptr<scalar_t>() : nullptr);
+    });
+    TORCH_CHECK(supported, "fastlv: gaussian_sample_kl does not support sample=", sample, " kl=", kl,
+                " with", mu_p ? "" : "out", " a prior");
+  });
+  return {z, kl_out};
+}
+
+std::vector<at::Tensor> gaussian_sample_kl_backward_cpu(
+    const OptTensor& grad_z, const OptTensor& grad_kl, const at::Tensor& mu_q, const at::Tensor& logvar_q,
+    const OptTensor& mu_p, const OptTensor& logvar_p, const OptTensor& eps, const OptTensor& seed, bool sample,
+    bool kl, bool precision_weighted, bool elementwise, double free_bits, double mu_min, double mu_max,
+    double logvar_min, double logvar_max) {
+  check_latent_args(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl, precision_weighted);
+  TORCH_CHECK(grad_z.has_value() == sample, "fastlv: grad_z must be given exactly when sampling");
+  TORCH_CHECK(grad_kl.has_value() == kl, "fastlv: grad_kl must be given exactly when computing the KL");
+  const auto mqc = mu_q.contiguous(), lqc = logvar_q.contiguous();
+  const auto mpc = contiguous(mu_p), lpc = contiguous(logvar_p), ec = sample ? contiguous(eps) : std::nullopt;
+  at::Tensor gz, gkl;
+  if (sample) {
+    check_shape(*grad_z, mu_q.sizes(), "grad_z");
+    gz = grad_z->contiguous().to(mu_q.scalar_type());
+  }
+  if (kl) {
+    const auto kl_shape = elementwise ? mu_q.sizes() : mu_q.sizes().slice(0, mu_q.dim() - 1);
+    check_shape(*grad_kl, kl_shape, "grad_kl");
+    gkl = grad_kl->contiguous().to(mu_q.scalar_type());
+  }
+  std::vector<at::Tensor> grads = {at::empty_like(mqc), at::empty_like(lqc)};
+  if (mu_p) grads.insert(grads.end(), {at::empty_like(mqc), at::empty_like(mqc)});
+  AT_DISPATCH_FLOATING_TYPES(mu_q.scalar_type(), "gaussian_sample_kl_backward_cpu", [&] {
+    const auto in = latent_inputs<scalar_t>(mqc, lqc, mpc, lpc, ec, sample ? seed : std::nullopt, elementwise,
+                                            free_bits, mu_min, mu_max, logvar_min, logvar_max);
+    const bool supported = dispatch_latent_step(mu_p.has_value(), precision_weighted, sample, kl,
+                                                [&](auto prior, auto pw, auto samp, auto with_kl) {
+      latent_backward_kernel<scalar_t, prior, pw, samp, with_kl>(
+          in, sample ? gz.const_data_ptr<scalar_t>() : nullptr, kl ? gkl.const_data_ptr<scalar_t>() : nullptr,
+          grads[0].mutable_data_ptr<scalar_t>(), grads[1].mutable_data_ptr<scalar_t>(),
+          prior ? grads[2].mutable_data_ptr<scalar_t>() : nullptr,
+          prior ? grads[3].mutable_data_ptr<scalar_t>() : nullptr);
+    });
+    TORCH_CHECK(supported, "fastlv: gaussian_sample_kl_backward does not support sample=", sample, " kl=", kl,
+                " with", mu_p ? "" : "out", " a prior");
+  });
+  return grads;
+}
+
+void check_log_prob_args(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& logvar) {
+  check_float(x, "x");
+  TORCH_CHECK(x.dim() >= 1, "fastlv: x must have a trailing latent dimension");
+  check_same(mu, x, "mu", "x");
+  check_same(logvar, x, "logvar", "x");
+  check_shape(mu, x.sizes(), "mu");
+  check_shape(logvar, x.sizes(), "logvar");
+}
+
+at::Tensor gaussian_log_prob_cpu(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& logvar,
+                                 bool elementwise, double mu_min, double mu_max, double logvar_min,
+                                 double logvar_max) {
+  check_log_prob_args(x, mu, logvar);
+  const auto xc = x.contiguous(), mc = mu.contiguous(), lc = logvar.contiguous();
+  auto out = kl_output(xc, true, elementwise);
+  const auto [N, D] = rows_of(xc);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gaussian_log_prob_cpu", [&] {
+    log_prob_forward_kernel<scalar_t>(xc.const_data_ptr<scalar_t>(), mc.const_data_ptr<scalar_t>(),
+                                      lc.const_data_ptr<scalar_t>(), N, D, elementwise,
+                                      {scalar_t(mu_min), scalar_t(mu_max), scalar_t(logvar_min),
+                                       scalar_t(logvar_max), scalar_t(0)},
+                                      out.mutable_data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_log_prob_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mu, const at::Tensor& logvar, bool elementwise,
+    double mu_min, double mu_max, double logvar_min, double logvar_max) {
+  check_log_prob_args(x, mu, logvar);
+  check_shape(grad, elementwise ? x.sizes() : x.sizes().slice(0, x.dim() - 1), "grad");
+  const auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), mc = mu.contiguous();
+  const auto lc = logvar.contiguous();
+  auto d_x = at::empty_like(xc), d_mu = at::empty_like(mc), d_logvar = at::empty_like(lc);
+  const auto [N, D] = rows_of(xc);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gaussian_log_prob_backward_cpu", [&] {
+    log_prob_backward_kernel<scalar_t>(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+                                       mc.const_data_ptr<scalar_t>(), lc.const_data_ptr<scalar_t>(), N, D,
+                                       elementwise,
+                                       {scalar_t(mu_min), scalar_t(mu_max), scalar_t(logvar_min),
+                                        scalar_t(logvar_max), scalar_t(0)},
+                                       d_x.mutable_data_ptr<scalar_t>(), d_mu.mutable_data_ptr<scalar_t>(),
+                                       d_logvar.mutable_data_ptr<scalar_t>());
+  });
+  return {d_x, d_mu, d_logvar};
+}
+
+void check_precision_weighted_args(const at::Tensor& mu_a, const at::Tensor& var_a, const at::Tensor& mu_b,
+                                   const at::Tensor& var_b) {
+  check_float(mu_a, "mu_a");
+  check_same(var_a, mu_a, "var_a", "mu_a");
+  check_same(mu_b, mu_a, "mu_b", "mu_a");
+  check_same(var_b, mu_a, "var_b", "mu_a");
+  check_shape(var_a, mu_a.sizes(), "var_a");
+  check_shape(mu_b, mu_a.sizes(), "mu_b");
+  check_shape(var_b, mu_a.sizes(), "var_b");
+}
+
+std::tuple<at::Tensor, at::Tensor> precision_weighted_cpu(const at::Tensor& mu_a, const at::Tensor& var_a,
+                                                          const at::Tensor& mu_b, const at::Tensor& var_b) {
+  check_precision_weighted_args(mu_a, var_a, mu_b, var_b);
+  const auto mac = mu_a.contiguous(), vac = var_a.contiguous(), mbc = mu_b.contiguous(), vbc = var_b.contiguous();
+  auto mu = at::empty_like(mac), var = at::empty_like(mac);
+  AT_DISPATCH_FLOATING_TYPES(mu_a.scalar_type(), "precision_weighted_cpu", [&] {
+    precision_weighted_forward_kernel<scalar_t>(mac.const_data_ptr<scalar_t>(), vac.const_data_ptr<scalar_t>(),
+                                                mbc.const_data_ptr<scalar_t>(), vbc.const_data_ptr<scalar_t>(),
+                                                mac.numel(), mu.mutable_data_ptr<scalar_t>(),
+                                                var.mutable_data_ptr<scalar_t>());
+  });
+  return {mu, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> precision_weighted_backward_cpu(
+    const at::Tensor& grad_mu, const at::Tensor& grad_var, const at::Tensor& mu_a, const at::Tensor& var_a,
+    const at::Tensor& mu_b, const at::Tensor& var_b) {
+  check_precision_weighted_args(mu_a, var_a, mu_b, var_b);
+  check_shape(grad_mu, mu_a.sizes(), "grad_mu");
+  check_shape(grad_var, mu_a.sizes(), "grad_var");
+  const auto gmc = grad_mu.contiguous().to(mu_a.scalar_type()), gvc = grad_var.contiguous().to(mu_a.scalar_type());
+  const auto mac = mu_a.contiguous(), vac = var_a.contiguous(), mbc = mu_b.contiguous(), vbc = var_b.contiguous();
+  auto d_mu_a = at::empty_like(mac), d_var_a = at::empty_like(mac), d_mu_b = at::empty_like(mac);
+  auto d_var_b = at::empty_like(mac);
+  AT_DISPATCH_FLOATING_TYPES(mu_a.scalar_type(), "precision_weighted_backward_cpu", [&] {
+    precision_weighted_backward_kernel<scalar_t>(
+        gmc.const_data_ptr<scalar_t>(), gvc.const_data_ptr<scalar_t>(), mac.const_data_ptr<scalar_t>(),
+        vac.const_data_ptr<scalar_t>(), mbc.const_data_ptr<scalar_t>(), vbc.const_data_ptr<scalar_t>(), mac.numel(),
+        d_mu_a.mutable_data_ptr<scalar_t>(), d_var_a.mutable_data_ptr<scalar_t>(),
+        d_mu_b.mutable_data_ptr<scalar_t>(), d_var_b.mutable_data_ptr<scalar_t>());
+  });
+  return {d_mu_a, d_var_a, d_mu_b, d_var_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastlv_C, m) {
+  m.def("gaussian_sample_kl(Tensor mu_q, Tensor logvar_q, Tensor? mu_p, Tensor? logvar_p, Tensor? eps, "
+        "Tensor? seed, bool sample, bool kl, bool precision_weighted, bool elementwise, float free_bits, "
+        "float mu_min, float mu_max, float logvar_min, float logvar_max) -> (Tensor, Tensor)");
+  m.def("gaussian_sample_kl_backward(Tensor? grad_z, Tensor? grad_kl, Tensor mu_q, Tensor logvar_q, "
+        "Tensor? mu_p, Tensor? logvar_p, Tensor? eps, Tensor? seed, bool sample, bool kl, "
+        "bool precision_weighted, bool elementwise, float free_bits, float mu_min, float mu_max, "
+        "float logvar_min, float logvar_max) -> Tensor[]");
+  m.def("gaussian_log_prob(Tensor x, Tensor mu, Tensor logvar, bool elementwise, float mu_min, float mu_max, "
+        "float logvar_min, float logvar_max) -> Tensor");
+  m.def("gaussian_log_prob_backward(Tensor grad, Tensor x, Tensor mu, Tensor logvar, bool elementwise, "
+        "float mu_min, float mu_max, float logvar_min, float logvar_max) -> (Tensor, Tensor, Tensor)");
+  m.def("precision_weighted(Tensor mu_a, Tensor var_a, Tensor mu_b, Tensor var_b) -> (Tensor, Tensor)");
+  m.def("precision_weighted_backward(Tensor grad_mu, Tensor grad_var, Tensor mu_a, Tensor var_a, Tensor mu_b, "
+        "Tensor var_b) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastlv_C, CPU, m) {
+  m.impl("gaussian_sample_kl", &gaussian_sample_kl_cpu);
+  m.impl("gaussian_sample_kl_backward", &gaussian_sample_kl_backward_cpu);
+  m.impl("gaussian_log_prob", &gaussian_log_prob_cpu);
+  m.impl("gaussian_log_prob_backward", &gaussian_log_prob_backward_cpu);
+  m.impl("precision_weighted", &precision_weighted_cpu);
+  m.impl("precision_weighted_backward", &precision_weighted_backward_cpu);
+}
+
+}  // namespace fastlv
