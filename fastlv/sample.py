@@ -87,7 +87,7 @@ def plot_samples(x: Tensor, kind: str, meta: dict, path: Path) -> Path:
     return Path(path)
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m fastlv.sample", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="checkpoint.pt or best.pt written by fastlv.train")
     p.add_argument("--num", type=int, default=4, help="number of samples")
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     state = load_checkpoint(args.checkpoint)
     config = state["config"]
-    model = build_model(config["model"], parse_kwargs(config["model_args"]), state["data_dim"])
+    model = build_model(config["model"], parse_kwargs(config["model_args"]), state["data_dim"], state["data_kind"],
+                        config["config"])
     model.load_state_dict(state["model"])
     model.to(args.device).eval()
     torch.manual_seed(args.seed)
@@ -114,7 +115,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
             write_wav(out / f"sample_{i}.wav", signal, meta.get("sample_rate", 16000))
             written.append(out / f"sample_{i}.wav")
     print("fastlv.sample: wrote " + ", ".join(str(w) for w in written))
-    return written
 
 
 if __name__ == "__main__":

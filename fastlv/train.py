@@ -17,7 +17,9 @@ Evaluation: the validation split every ``--valid-every`` updates and, at the end
 the weights of the best validation ELBO: the ELBO (the exact log-likelihood for deterministic models)
 and, for latent models, the importance-weighted bound with ``--iw-k`` samples (Burda et al. 2015).
 Units are nats of the data as ``fastlv.data`` returns it (speech: normalized by the training std), as
-the papers report them: per sequence for speech (Dai et al. Table 1, STCN Table 1), per step otherwise.
+the papers report them: per step for music (Dai et al. Table 4, after Boulanger-Lewandowski et al.), per
+sequence otherwise (speech: Dai et al. Table 4, STCN Table 1; handwriting: Dai et al. Sec. 5.1 after Chung
+et al.; MNIST: nats per image, Z-Forcing Table 1).
 
 Outputs in ``--out``: ``checkpoint.pt`` (latest), ``best.pt`` (best validation ELBO), ``train.csv``,
 ``valid.csv``, ``test.json``, ``curves.png`` and ``tb/`` (TensorBoard, when it is installed).
@@ -56,8 +58,10 @@ from fastlv.nn import SequenceModel
 CHECKPOINT_FORMAT = 1
 # Constructor arguments that receive the data's frame size when the command line does not set them.
 DATA_DIM_ARGS = ("x_dim", "d_x", "input_dim", "d_input", "in_features", "frame_size", "dim")
+# Observation family of fastlv.nn.heads for each data kind (models with an ``output`` argument).
+DEFAULT_OUTPUT = {"music": "bernoulli", "digits": "bernoulli", "handwriting": "pen_gmm"}
 # Arguments that must not change between a run and its --resume (the rest, e.g. --stop-at, may).
-RUN_DEFINING_ARGS = ("model", "model_args", "data", "data_args", "steps", "batch_size", "lr", "lr_min",
+RUN_DEFINING_ARGS = ("model", "config", "model_args", "data", "data_args", "steps", "batch_size", "lr", "lr_min",
                      "adam_eps", "kl_start", "kl_increment", "clip", "loss_scale", "seed")
 
 
@@ -68,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True,
                    help="class name in fastlv.nn (e.g. SimplifiedSRNN), or module.path:ClassName")
-    p.add_argument("--model-args", default="", help="constructor keywords, e.g. d_rnn=64,d_z=16")
+    p.add_argument("--config", default=None, help="named configuration of the model (Class.CONFIGS), e.g. timit")
+    p.add_argument("--model-args", default="", help="constructor keywords, e.g. d_rnn=64,d_latent=16")
     p.add_argument("--data", default="synthetic", help=f"fastlv.data set: {sorted(D.SOURCES)}")
     p.add_argument("--data-args", default="", help="fastlv.data.load keywords, e.g. seq_len=40")
     p.add_argument("--out", default=None, help="output folder (default runs/<model>-<data>)")
@@ -153,15 +158,25 @@ def model_class(name: str) -> type:
     return cls
 
 
-def build_model(name: str, kwargs: dict, data_dim: int) -> SequenceModel:
-    """Instantiate the model; the first data-dimension argument it takes (see DATA_DIM_ARGS) gets the
-    data's frame size unless ``kwargs`` sets it."""
+def build_model(name: str, kwargs: dict, data_dim: int, kind: str = "speech", config: str | None = None
+                ) -> SequenceModel:
+    """Instantiate the model, from its named configuration (``Class.from_config``, e.g. ``"timit"``) when
+    ``config`` is given, with ``kwargs`` on top. Unless set, the first data-dimension argument the model
+    takes (see DATA_DIM_ARGS) gets the data's frame size, and its ``output`` family the one that fits
+    the data kind (DEFAULT_OUTPUT; speech keeps the model's own default)."""
     cls = model_class(name)
     params = inspect.signature(cls).parameters
+    configs = getattr(cls, "CONFIGS", {})
+    if config is not None and config not in configs:
+        raise ValueError(f"--config {config!r}: {cls.__name__} has the configurations {sorted(configs)}")
+    kwargs = {**configs.get(config, {}), **kwargs}
     dim_arg = next((a for a in DATA_DIM_ARGS if a in params), None)
-    kwargs = dict(kwargs)
-    if dim_arg is not None and dim_arg not in kwargs:
-        kwargs[dim_arg] = data_dim
+    if dim_arg is not None:
+        kwargs.setdefault(dim_arg, data_dim)
+        if kwargs[dim_arg] != data_dim:
+            raise ValueError(f"the model's {dim_arg}={kwargs[dim_arg]} does not match the data's frame size {data_dim}")
+    if "output" in params and "output" not in kwargs and kind in DEFAULT_OUTPUT:
+        kwargs["output"] = DEFAULT_OUTPUT[kind]
     return cls(**kwargs)
 
 
@@ -328,9 +343,14 @@ def evaluate(model: SequenceModel, data: D.SeqData, procs: Processes, *, batch_s
     return metrics
 
 
+def unit(kind: str) -> str:
+    """How the papers normalize the log-likelihood of a data kind: per step for music, else per sequence."""
+    return "per step" if kind == "music" else "per sequence"
+
+
 def headline(metrics: dict, kind: str, name: str = "elbo") -> float:
-    """The number the papers report: per sequence for speech, per step otherwise."""
-    return metrics[f"{name}_per_sequence" if kind == "speech" else f"{name}_per_step"]
+    """The number the papers report (see :func:`unit`)."""
+    return metrics[f"{name}_{unit(kind).replace(' ', '_')}"]
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
@@ -443,7 +463,6 @@ def plot_curves(out: Path, kind: str) -> Path:
     import matplotlib.pyplot as plt
 
     train, valid = read_csv(out / "train.csv"), read_csv(out / "valid.csv")
-    unit = "per sequence" if kind == "speech" else "per step"
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     if train:
         axes[0].plot(train["step"], train["loss"], label="loss")
@@ -451,8 +470,8 @@ def plot_curves(out: Path, kind: str) -> Path:
         axes[1].plot(train["step"], train["kl"], label="KL")
         axes[1].plot(train["step"], train["kl_weight"], "--", label="KL weight")
     if valid:
-        axes[2].plot(valid["step"], valid[f"elbo_{unit.replace(' ', '_')}"], "o-", label="validation ELBO")
-    titles = ("training loss (scaled)", "training KL (scaled)", f"validation ELBO, nats {unit}")
+        axes[2].plot(valid["step"], valid[f"elbo_{unit(kind).replace(' ', '_')}"], "o-", label="validation ELBO")
+    titles = ("training loss (scaled)", "training KL (scaled)", f"validation ELBO, nats {unit(kind)}")
     for ax, title in zip(axes, titles):
         ax.set_title(title)
         ax.set_xlabel("update")
@@ -546,7 +565,8 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict:
     train_data = splits["train"]
 
     torch.manual_seed(args.seed + procs.rank)  # DDP copies rank 0's initial weights to the others
-    model = build_model(args.model, parse_kwargs(args.model_args), train_data.dim).to(procs.device)
+    model = build_model(args.model, parse_kwargs(args.model_args), train_data.dim, kind, args.config)
+    model.to(procs.device)
     ddp_model = model if procs.world == 1 else DistributedDataParallel(
         model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
         find_unused_parameters=args.find_unused_parameters)
@@ -556,9 +576,8 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict:
     order = BatchOrder(len(train_data), args.batch_size, args.seed)
     step, skipped, best = 0, 0, -math.inf
 
-    checkpoint_path = out / "checkpoint.pt"
     if args.resume:
-        state = load_checkpoint(checkpoint_path)
+        state = load_checkpoint(out / "checkpoint.pt")
         check_resume(state["config"], args)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -570,6 +589,8 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict:
         elif procs.main:
             print(f"fastlv.train: resuming on {procs.world} processes instead of {len(state['rng'])}: "
                   "random streams restart from --seed", file=sys.stderr)
+    elif procs.main:  # a fresh run: a best.pt left by an earlier run in --out must not be tested
+        (out / "best.pt").unlink(missing_ok=True)
 
     logs = Logs(out, procs.main, not args.no_tensorboard, step if args.resume else None)
     progress = Progress(args.steps, procs.main)
@@ -623,9 +644,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict:
             value = headline(last_valid, kind)
             improved = value > best
             best = max(best, value)
-            progress.message(f"valid step {step}: ELBO {value:.4f} nats "
-                             f"{'per sequence' if kind == 'speech' else 'per step'}"
-                             + (" (best)" if improved else ""))
+            progress.message(f"valid step {step}: ELBO {value:.4f} nats {unit(kind)}" + (" (best)" if improved else ""))
             if improved:
                 save("best.pt")
         if step % checkpoint_every == 0 or step == stop:
@@ -643,7 +662,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict:
     test = evaluate(model, splits["test"], procs, batch_size=args.eval_batch_size, iw_k=args.iw_k, seed=args.seed)
     result = {"data": args.data, "model": args.model, "parameters": model.num_parameters(), "steps": step,
               "skipped_updates": skipped, "best_valid_elbo": best,
-              "units": "nats per sequence" if kind == "speech" else "nats per step", **test}
+              "units": f"nats {unit(kind)}", **test}
     if procs.main:
         (out / "test.json").write_text(json.dumps(result, indent=2) + "\n")
         names = ["elbo"] + ([f"iwae{args.iw_k}"] if f"iwae{args.iw_k}_per_step" in test else [])
@@ -653,8 +672,14 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
+    """``python -m fastlv.train`` as a function: parse ``argv`` and train; returns the test metrics."""
     return train(build_parser().parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m fastlv.train`` and the ``fastlv-train`` console script."""
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """fastlv.train and fastlv.sample: a real-speech training run, exact resume, DDP equivalence, skipped
 non-finite updates, atomic checkpoints, and the sample command's files.
 
-The small models below are also what the subprocess tests load by path (``tests.test_train:TinySRNN``).
+The small models below are also what the subprocess tests load by path (``tests.test_train:TinyRNN``).
 """
 import csv
 import math
@@ -17,7 +17,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Normal, kl_divergence
 
 import fastlv.data as D
 from fastlv import sample, train
@@ -66,51 +65,6 @@ class TinyRNN(SequenceModel):
         return torch.cat(frames, 1)
 
 
-class TinySRNN(TinyRNN):
-    """Latent: per-step z_t with prior p(z_t | h_t) and posterior q(z_t | h_t, x_t), output from
-    [h_t, z_t] (a filtering SRNN in miniature)."""
-    is_latent = True
-
-    def __init__(self, x_dim, d_rnn=16, d_z=4, n_components=1):
-        super().__init__(x_dim, d_rnn, n_components)
-        self.prior = nn.Linear(d_rnn, 2 * d_z)
-        self.posterior = nn.Linear(d_rnn + x_dim, 2 * d_z)
-        self.head = GMMHead(d_rnn + d_z, x_dim, n_components)
-
-    @staticmethod
-    def normal(params):
-        mu, logvar = params.clamp(-8, 8).chunk(2, -1)
-        return Normal(mu, (0.5 * logvar).exp())
-
-    def terms(self, x, k):
-        h = self.states(x)
-        prior, post = self.normal(self.prior(h)), self.normal(self.posterior(torch.cat([h, x], -1)))
-        z = post.rsample((k,))  # [k, B, T, d_z]
-        log_px = self.head(torch.cat([h.expand(k, *h.shape), z], -1)).log_prob(x).sum(-1)
-        return log_px, z, prior, post
-
-    def forward(self, x, mask=None):
-        log_px, _, prior, post = self.terms(x, 1)
-        kl = masked_sum(kl_divergence(post, prior).sum(-1), mask)
-        return SequenceOutput(masked_sum(log_px[0], mask), kl, {"z": kl})
-
-    def iwae(self, x, k, mask=None):
-        log_px, z, prior, post = self.terms(x, k)
-        log_w = masked_sum(log_px + prior.log_prob(z).sum(-1) - post.log_prob(z).sum(-1), mask)
-        return log_w.logsumexp(0) - math.log(k)
-
-    @torch.no_grad()
-    def sample(self, steps, batch_size=1):
-        x = torch.zeros(batch_size, 1, self.head.out_features)
-        state, frames = None, []
-        for _ in range(steps):
-            h, state = self.rnn(x, state)
-            z = self.normal(self.prior(h)).sample()
-            x = self.head(torch.cat([h, z], -1)).sample()
-            frames.append(x)
-        return torch.cat(frames, 1)
-
-
 class NaNOnceRNN(TinyRNN):
     """Its second training forward pass returns a NaN log-likelihood."""
 
@@ -130,8 +84,11 @@ class NaNOnceRNN(TinyRNN):
 SMALL_DATA = ["--data", "synthetic", "--data-args", "n_utterances=24,seq_len=10"]
 
 
-def run_args(out, *extra, model="tests.test_train:TinySRNN", steps=6):
-    return ["--model", model, "--model-args", "d_rnn=8", *SMALL_DATA, "--out", str(out), "--steps", str(steps),
+SMALL_SRNN = "d_emb=8,d_rnn=8,d_mlp=8,d_latent=4"
+
+
+def run_args(out, *extra, model="SimplifiedSRNN", model_args=SMALL_SRNN, steps=6):
+    return ["--model", model, "--model-args", model_args, *SMALL_DATA, "--out", str(out), "--steps", str(steps),
             "--batch-size", "4", "--valid-every", "3", "--log-every", "1", "--iw-k", "2", "--no-plot", *extra]
 
 
@@ -149,7 +106,7 @@ def subprocess_env():
 def test_speech_training_improves_validation(tmp_path):
     if "pocketsphinx" not in D.available():
         pytest.skip(f"real speech not installed: {D.install_command('pocketsphinx')}")
-    result = train.main(["--model", "tests.test_train:TinySRNN", "--model-args", "d_rnn=32,d_z=8",
+    result = train.run(["--model", "SimplifiedSRNN", "--model-args", "d_emb=32,d_rnn=32,d_mlp=32,d_latent=8",
                          "--data", "pocketsphinx", "--out", str(tmp_path), "--steps", "60", "--batch-size", "8",
                          "--valid-every", "20", "--log-every", "5", "--iw-k", "4", "--lr", "3e-3"])
     valid = read_rows(tmp_path / "valid.csv")
@@ -166,10 +123,10 @@ def test_speech_training_improves_validation(tmp_path):
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):
-    train.main(run_args(tmp_path / "full"))
-    train.main(run_args(tmp_path / "split", "--stop-at", "4"))
+    train.run(run_args(tmp_path / "full"))
+    train.run(run_args(tmp_path / "split", "--stop-at", "4"))
     assert train.load_checkpoint(tmp_path / "split" / "checkpoint.pt")["step"] == 4
-    train.main(run_args(tmp_path / "split", "--resume"))
+    train.run(run_args(tmp_path / "split", "--resume"))
     full = train.load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     split = train.load_checkpoint(tmp_path / "split" / "checkpoint.pt")
     for name, value in full["model"].items():
@@ -181,13 +138,13 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
         {**r, "steps_per_s": f["steps_per_s"]} for r, f in
         zip(read_rows(tmp_path / "split" / "train.csv"), read_rows(tmp_path / "full" / "train.csv"))]
     with pytest.raises(ValueError, match="--batch-size"):
-        train.main(run_args(tmp_path / "split", "--resume", "--batch-size", "2"))
+        train.run(run_args(tmp_path / "split", "--resume", "--batch-size", "2"))
 
 
 def test_ddp_two_processes_equal_single_process(tmp_path):
-    args = run_args(tmp_path / "single", model="tests.test_train:TinyRNN", steps=3)
-    train.main(args)
-    ddp_args = run_args(tmp_path / "ddp", model="tests.test_train:TinyRNN", steps=3)
+    args = run_args(tmp_path / "single", model="tests.test_train:TinyRNN", model_args="d_rnn=8", steps=3)
+    train.run(args)
+    ddp_args = run_args(tmp_path / "ddp", model="tests.test_train:TinyRNN", model_args="d_rnn=8", steps=3)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "fastlv.train", *ddp_args, "--device", "cpu"],
                           cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
@@ -218,7 +175,7 @@ def test_nonfinite_loss_skips_the_update(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(optimizer.state[model.head.proj.weight]["step"], adam_step)
     # through the command line: the NaN update is counted and the weights stay finite
-    train.main(run_args(tmp_path, model="tests.test_train:NaNOnceRNN", steps=4))
+    train.run(run_args(tmp_path, model="tests.test_train:NaNOnceRNN", model_args="d_rnn=8", steps=4))
     rows = read_rows(tmp_path / "train.csv")
     assert [int(r["skipped"]) for r in rows] == [0, 1, 1, 1]
     assert math.isnan(float(rows[1]["loss"])) and math.isfinite(float(rows[2]["loss"]))
@@ -254,7 +211,7 @@ def test_checkpoint_survives_a_kill_during_save(tmp_path):
 
 
 def test_sample_writes_plot_and_wav(tmp_path):
-    train.main(run_args(tmp_path, steps=2))
+    train.run(run_args(tmp_path, steps=2))
     sample.main([str(tmp_path / "checkpoint.pt"), "--out", str(tmp_path / "samples"), "--num", "2",
                  "--steps", "5", "--seed", "1"])
     assert (tmp_path / "samples" / "samples.png").stat().st_size > 0
@@ -272,3 +229,26 @@ def test_sample_plot_for_each_data_kind(tmp_path, kind, dim):
             "sample_rate": 16000}
     path = sample.plot_samples(x, kind, meta, tmp_path / "s.png")
     assert path.stat().st_size > 0
+
+
+def test_schedules_and_command_line_parsing():
+    assert train.cosine_lr(0, 100, 1e-3, 1e-6) == pytest.approx(1e-3)
+    assert train.cosine_lr(50, 100, 1e-3, 1e-6) == pytest.approx((1e-3 + 1e-6) / 2)
+    assert train.cosine_lr(100, 100, 1e-3, 1e-6) == pytest.approx(1e-6)
+    assert [train.kl_weight(s, 0.2, 5e-5) for s in (0, 2000, 16000, 40000)] == pytest.approx([0.2, 0.3, 1.0, 1.0])
+    assert train.parse_kwargs("d_rnn=64, fractions=(0.8,0.1,0.1),output=gmm,flat=True") == {
+        "d_rnn": 64, "fractions": (0.8, 0.1, 0.1), "output": "gmm", "flat": True}
+    with pytest.raises(ValueError, match="key=value"):
+        train.parse_kwargs("d_rnn")
+
+
+def test_build_model_from_names_configs_and_data():
+    # the re-examination code's TIMIT F-SRNN (reference-facts.md)
+    assert train.build_model("SimplifiedSRNN", {}, 200, "speech", "timit").num_parameters() == 17_525_848
+    assert type(train.build_model("FRNN", {"d_rnn": 8, "d_emb": 8}, 88, "music").head).__name__ == "BernoulliHead"
+    tiny = train.build_model("tests.test_train:TinyRNN", {"d_rnn": 4}, 3)
+    assert tiny.head.out_features == 3  # x_dim filled from the data
+    with pytest.raises(ValueError, match="frame_size=200 does not match the data's frame size 88"):
+        train.build_model("SimplifiedSRNN", {}, 88, "music", "timit")
+    with pytest.raises(ValueError, match="not in fastlv.nn"):
+        train.build_model("NoSuchModel", {}, 88)
