@@ -7,6 +7,7 @@ import csv
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 import fastlv.data as D
 from fastlv import sample, train
@@ -159,6 +161,41 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
     assert len(b["rng"]) == 2  # the random state of each process
     for name, value in a["model"].items():
         torch.testing.assert_close(b["model"][name], value, rtol=1e-5, atol=1e-6)
+
+
+def ddp_gradient_worker(rank, world, port, batch, out):
+    """One process of a gloo job: a plain-SGD (lr 1) update of train_step on this rank's half of the batch,
+    so the weight change is minus the all-reduced gradient."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    procs = train.setup_processes("cpu")
+    torch.manual_seed(0)
+    model = TinyRNN(batch.shape[-1], d_rnn=8)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    stats, _ = train.train_step(DistributedDataParallel(model), optimizer, batch.chunk(world)[rank], None, 1.0, 1.0,
+                                0.0, procs)
+    torch.save({"grads": [b - p.detach() for b, p in zip(before, model.parameters())], "loss": stats["loss"]},
+               out / f"{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_gradients_equal_single_process(tmp_path):
+    batch = torch.randn(4, 6, 5)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(ddp_gradient_worker, args=(2, port, batch, tmp_path), nprocs=2)
+    torch.manual_seed(0)
+    model = TinyRNN(5, d_rnn=8)
+    loss = model(batch).loss()
+    loss.backward()
+    for rank in range(2):
+        result = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        assert result["loss"] == pytest.approx(loss.item(), rel=1e-6)  # averaged over the processes
+        for p, g in zip(model.parameters(), result["grads"]):
+            torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
 
 
 def test_nonfinite_loss_skips_the_update(tmp_path):
