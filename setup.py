@@ -70,6 +70,7 @@ setup(
     package_dir={"fastlv.triton_kernels": "triton_kernels"},
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension},
+    entry_points={"console_scripts": ["fastlv-train=fastlv.train:main", "fastlv-sample=fastlv.sample:main"]},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
