@@ -1,0 +1,140 @@
+"""Table 5 of Dai et al. 2019 (Appendix A): training time of the simplified SRNN vs the Z-Forcing SRNN.
+
+Paper (TIMIT, 40k training steps, batch 32, one GPU):
+
+    Z-F-SRNN       T=40   L=200  17.44M   1.38 h      Sim-F-SRNN     T=40   L=200  17.45M   0.96 h
+    Z-SRNN-flat    T=1000 L=1    16.98M  62.86 h      Sim-SRNN-flat  T=1000 L=1    16.78M  20.62 h
+
+so Sim/Z = 0.70 (factorized) and 0.33 (flat). The simplified model needs no per-step loop (its
+posterior is factorized over steps, all recurrences are one fused LSTM call each); Z-Forcing feeds z_t
+into the forward LSTM, a per-step loop by construction.
+
+This script builds the four models from fastlv.nn (``--full``: the paper's sizes, parameter counts
+printed next to Table 5's), times a full training step (forward, backward, Adam update; median over
+repeats, models interleaved) at batch 32 and extrapolates to 40k steps. Each model runs twice: with
+fastlv's fused ops and with the pure-PyTorch reference ops (the same module under
+``fastlv.use_backend("ref")``). Quick mode (default) keeps T, L and batch but shrinks the widths
+(stated in the output) so it finishes in about 3 minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+import fastlv
+from bench.common import format_table, machine, save_results
+from fastlv.nn import FlatSRNN, SimplifiedSRNN, ZForcingSRNN
+
+PAPER_STEPS = 40_000
+QUICK_WIDTHS = dict(d_emb=64, d_rnn=128, d_mlp=64, d_latent=32)
+
+
+@dataclass
+class Entry:
+    name: str
+    model: type
+    config: str
+    frames: int  # frames of 200 samples per sequence: T = frames (factorized) or frames * 200 (flat)
+    flat: bool
+    paper_params: float  # millions
+    paper_hours: float
+
+
+ENTRIES = [
+    Entry("Z-F-SRNN", ZForcingSRNN, "timit", 40, False, 17.44, 1.38),
+    Entry("Sim-F-SRNN", SimplifiedSRNN, "timit", 40, False, 17.45, 0.96),
+    Entry("Z-SRNN-flat", ZForcingSRNN, "timit_flat", 5, True, 16.98, 62.86),
+    Entry("Sim-SRNN-flat", FlatSRNN, "timit", 5, True, 16.78, 20.62),
+]
+PAIRS = {"factorized": ("Sim-F-SRNN", "Z-F-SRNN", 0.70), "flat": ("Sim-SRNN-flat", "Z-SRNN-flat", 0.33)}
+
+
+def build(entry: Entry, full: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if full:
+        return entry.model.from_config(entry.config)
+    return entry.model.from_config(entry.config, **QUICK_WIDTHS)
+
+
+def training_step(model, optimizer, x):
+    optimizer.zero_grad(set_to_none=True)
+    loss = model(x).loss(kl_weight=1.0, scale=x.shape[1] * x.shape[2])  # per-sample loss, as Dai et al.
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def time_steps(setups: dict[str, tuple], repeats: int) -> dict[str, float]:
+    """Median seconds per training step of each (model, optimizer, x, backend), interleaved."""
+    times = {name: [] for name in setups}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, (model, optimizer, x, backend) in setups.items():
+            with fastlv.use_backend(backend):
+                start = time.perf_counter()
+                training_step(model, optimizer, x)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t[1:]) for name, t in times.items()}
+
+
+def run(full: bool = False, repeats: int | None = None, batch: int = 32) -> list[dict]:
+    repeats = repeats or (5 if full else 3)
+    setups, models = {}, {}
+    for entry in ENTRIES:
+        model = build(entry, full)
+        models[entry.name] = model
+        x = torch.randn(batch, entry.frames, 200, generator=torch.Generator().manual_seed(1))
+        for backend in (None, "ref"):  # None: fastlv's default kernels for the device
+            # one optimizer per timed variant so the two runs do not share Adam state
+            setups[(entry.name, backend)] = (model, torch.optim.Adam(model.parameters(), lr=1e-4), x, backend)
+    seconds = time_steps(setups, repeats)
+    rows = []
+    for entry in ENTRIES:
+        fused, ref = seconds[(entry.name, None)], seconds[(entry.name, "ref")]
+        steps = entry.frames * 200 if entry.flat else entry.frames
+        rows.append({"Model": entry.name, "T": steps, "L": 1 if entry.flat else 200,
+                     "#Param": f"{models[entry.name].num_parameters() / 1e6:.2f}M",
+                     "paper #Param": f"{entry.paper_params:.2f}M",
+                     "Time (h)": fused * PAPER_STEPS / 3600, "Time ref ops (h)": ref * PAPER_STEPS / 3600,
+                     "fastlv vs ref ops": ref / fused, "step ms": fused * 1e3, "paper Time (h)": entry.paper_hours})
+    return rows
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Sim/Z time ratio per family, measured (fastlv ops and reference ops) next to the paper's."""
+    by_name = {row["Model"]: row for row in rows}
+    out = []
+    for family, (sim, z, paper) in PAIRS.items():
+        out.append({"family": family, "Sim/Z (fastlv ops)": by_name[sim]["Time (h)"] / by_name[z]["Time (h)"],
+                    "Sim/Z (ref ops)": by_name[sim]["Time ref ops (h)"] / by_name[z]["Time ref ops (h)"],
+                    "paper Sim/Z": paper})
+    return out
+
+
+COLUMNS = ["Model", "T", "L", "#Param", "paper #Param", "Time (h)", "Time ref ops (h)", "fastlv vs ref ops",
+           "step ms", "paper Time (h)"]
+
+
+def main(full: bool = False, repeats: int | None = None) -> tuple[list[dict], list[dict]]:
+    info = machine()
+    mode = "full (paper sizes)" if full else f"quick (paper T, L, batch 32; widths reduced to {QUICK_WIDTHS})"
+    print(f"# Table 5 reproduction, {mode}; time = median training step (fwd+bwd+Adam) x {PAPER_STEPS} steps")
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    rows = run(full, repeats)
+    ratio_rows = ratios(rows)
+    table = format_table(rows, COLUMNS) + "\n\n" + format_table(ratio_rows, list(ratio_rows[0]))
+    print(table, flush=True)
+    save_results("table5", {"machine": info, "mode": mode, "rows": rows, "ratios": ratio_rows},
+                 f"{mode}\nmachine: " + ", ".join(f"{k}={v}" for k, v in info.items()) + "\n\n" + table)
+    return rows, ratio_rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="the paper's model sizes")
+    parser.add_argument("--repeats", type=int, help="timed training steps per model and backend")
+    args = parser.parse_args()
+    main(args.full, args.repeats)
