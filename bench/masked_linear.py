@@ -4,8 +4,8 @@ it vs fastlv's block-sparse kernels.
 Cases (rows = B x T = 32 x 40, the TIMIT batch of Dai et al. 2019, Appendix C):
 - masked_linear L200 -> 512: the MADE input layer (natural order, sorted hidden degrees), ReLU;
 - masked_linear 512 -> 512: a MADE hidden layer;
-- MADE head: h_t [.., 512] context, x_t [.., 200], 2 hidden layers of 512, per-element 20-component GMM,
-  log p(x_t | h_t) summed; eager/compile = the same head from torch.nn (nn.Linear on W * M) + the
+- MADE head: h_t [.., 512] context, x_t [.., 200], 2 hidden layers of 512, per-element 20-component GMM
+  (5 components and fewer repeats in quick mode, to keep it under 40 s), log p(x_t | h_t) summed; eager/compile = the same head from torch.nn (nn.Linear on W * M) + the
   reference GMM (fastlv.ops.gmm_log_prob_ref); fastlv = fastlv.nn.MADE.
 Bound: the GEMM FLOPs on the kept blocks only (about half the dense FLOPs) at the measured sgemm rate.
 """
@@ -40,7 +40,7 @@ def layer_case(n_in: int, n_out: int, device: str, seed: int = 0):
     return (x, weight, mask, bias), (x, weight, bias)
 
 
-def torch_nn_made(made: MADE):
+def torch_nn_made(made: MADE, n_components: int):
     """The same MADE head from torch.nn pieces: dense GEMMs on W * M, ReLU, the reference GMM."""
     layers = [(layer.weight, layer.mask.float(), layer.bias) for layer in (*made.hidden, made.output)]
 
@@ -49,14 +49,14 @@ def torch_nn_made(made: MADE):
         for weight, mask, bias in layers[:-1]:
             u = torch.relu(F.linear(u, weight * mask, bias))
         weight, mask, bias = layers[-1]
-        params = F.linear(u, weight * mask, bias).unflatten(-1, (L, 3, COMPONENTS))
+        params = F.linear(u, weight * mask, bias).unflatten(-1, (L, 3, n_components))
         logits, mu, log_sigma = params.unbind(-2)
         return gmm_log_prob_ref(x, logits, mu, log_sigma).sum(-1)
     return log_prob
 
 
-def made_case(device: str, seed: int = 0):
-    made = MADE(L, (HIDDEN, HIDDEN), context_size=CONTEXT, n_components=COMPONENTS).to(device)
+def made_case(device: str, n_components: int, seed: int = 0):
+    made = MADE(L, (HIDDEN, HIDDEN), context_size=CONTEXT, n_components=n_components).to(device)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(*ROWS, L, generator=g).to(device)
     h = torch.randn(*ROWS, CONTEXT, generator=g).to(device).requires_grad_()
@@ -114,8 +114,9 @@ def run(quick: bool = False, device: str = "cpu", bandwidth: float | None = None
                          "provider": name, "ms": t * 1e3, "x vs eager": times["eager"] / t,
                          "x vs compile": times["compile"] / t, "bound ms": bound * 1e3})
 
-    made, x, h = made_case(device)
-    reference = torch_nn_made(made)
+    components = 5 if quick else COMPONENTS
+    made, x, h = made_case(device, components)
+    reference = torch_nn_made(made, components)
     compiled_reference = torch.compile(reference)
     weights = [p for p in made.parameters()]
 
@@ -125,11 +126,14 @@ def run(quick: bool = False, device: str = "cpu", bandwidth: float | None = None
     providers = {"eager": lambda: head_step(reference), "compile": lambda: head_step(compiled_reference)}
     for b in fastlv_backends:
         providers[f"fastlv-{b}"] = with_backend(b, lambda: head_step(made.log_prob))
-    times = time_providers(providers, repeats=max(3, repeats // 2), device=device)
+    if quick:
+        times = time_providers(providers, repeats=2, warmup=1, device=device)
+    else:
+        times = time_providers(providers, repeats=max(3, repeats // 2), device=device)
     masks = [layer.mask for layer in (*made.hidden, made.output)]
     bound = kept_flops(masks, n_rows, backward=True) / rate
     for name, t in times.items():
-        rows.append({"op": "MADE head", "shape": f"L{L} ctx{CONTEXT} 2x{HIDDEN} GMM{COMPONENTS} rows {n_rows}",
+        rows.append({"op": "MADE head", "shape": f"L{L} ctx{CONTEXT} 2x{HIDDEN} GMM{components} rows {n_rows}",
                      "pass": "fwd+bwd", "provider": name, "ms": t * 1e3, "x vs eager": times["eager"] / t,
                      "x vs compile": times["compile"] / t, "bound ms": bound * 1e3})
     return rows

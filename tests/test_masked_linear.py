@@ -38,13 +38,6 @@ def weighted_grads(y, tensors):
     return torch.autograd.grad((y * w).sum(), [t for t in tensors if t is not None])
 
 
-@pytest.fixture(autouse=True)
-def _kernel_exists(request):
-    """The Triton and CUDA masked_linear kernels are not written yet: those backend runs are skipped."""
-    if "backend" in request.fixturenames and request.getfixturevalue("backend")[0] in ("triton", "cuda"):
-        pytest.skip("no Triton / CUDA masked_linear kernel yet (CPU C++ and reference only)")
-
-
 MASKS = {
     "made L200->64": lambda: made_layer_mask(200, 64),
     "made 88 random->40": lambda: made_layer_mask(88, 40, order="random"),
@@ -80,6 +73,33 @@ def test_masked_weights_are_never_read(backend):
     x, weight, bias = inputs((6,), 20, 24, device=device)
     poisoned = torch.where(mask, weight, torch.full_like(weight, float("nan")))
     torch.testing.assert_close(masked_linear(x, poisoned, mask, bias), masked_linear_ref(x, weight, mask, bias))
+
+
+def test_empty_weight_tiles_are_skipped_exactly(backend):
+    """A mask with whole empty 64 x 64 weight tiles (the tiles the Triton kernels skip, see
+    triton_kernels/masked_linear.py), partial tiles at the edges and outputs that see no input: the same
+    result as the dense reference, with nan in every removed weight, and grad_W exactly 0 outside the mask."""
+    name, device = backend
+    g = torch.Generator().manual_seed(7)
+    mask = torch.rand(130, 150, generator=g) < 0.5
+    mask[:64, 64:128] = False  # one empty interior tile
+    mask[64:128, 128:] = False  # an empty partial tile at the right edge
+    mask[128:] = False  # two outputs that see nothing: y = act(b)
+    if name == "triton":
+        from fastlv.triton_kernels.masked_linear import _keep_and_occupancy
+        _, occupied = _keep_and_occupancy(mask, 64, 64)
+        assert occupied.tolist() == [[1, 0, 1], [1, 1, 0], [0, 0, 0]]
+    mask = mask.to(device)
+    x, weight, bias = inputs((9,), 150, 130, device=device, requires_grad=True)
+    poisoned = torch.where(mask, weight, torch.full_like(weight, float("nan"))).detach().requires_grad_()
+    y = masked_linear(x, poisoned, mask, bias, "relu")
+    want = dense_reference(x, weight, mask, bias, "relu")
+    torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5)
+    got_grads = weighted_grads(y, (x, poisoned, bias))
+    want_grads = weighted_grads(want, (x, weight, bias))
+    for got, ref in zip(got_grads, want_grads):
+        torch.testing.assert_close(got.double(), ref.double(), rtol=1e-4, atol=1e-4)
+    assert (got_grads[1][~mask] == 0).all()
 
 
 def test_autoregressive_jacobian(backend):

@@ -7,3 +7,4 @@ from .gated_conv import gated_causal_conv1d, gated_causal_conv1d_backward  # noq
 from .gaussian import (gaussian_log_prob, gaussian_log_prob_backward, gaussian_sample_kl,  # noqa: F401
                        gaussian_sample_kl_backward, precision_weighted, precision_weighted_backward)
 from .gmm import diag_gmm_log_prob, diag_gmm_log_prob_backward, gmm_log_prob, gmm_log_prob_backward  # noqa: F401
+from .masked_linear import masked_linear, masked_linear_backward  # noqa: F401

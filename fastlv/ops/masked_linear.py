@@ -4,9 +4,10 @@ causally masked low-level model of the hierarchical RNN/SRNN (Dai et al. 2019, S
 A MADE mask is block lower-triangular once its rows and columns are sorted by degree, so a dense
 GEMM on the masked weight spends about half its FLOPs on zeros. The kernels (selected by
 ``fastlv._backend``: C++ CPU csrc/cpu/masked_linear.cpp, CUDA csrc/cuda/masked_linear.cu, Triton
-triton_kernels/masked_linear.py) find that structure from the mask, cache it per mask tensor and
-compute only the blocks the mask keeps, with bias and activation fused. The pure-PyTorch references
-below are the oracle. Masked weights contribute exactly nothing (a masked entry is never read, so even
+triton_kernels/masked_linear.py) compute only the blocks the mask keeps, with bias and activation fused:
+the C++ kernels find the block structure from the mask and cache it per mask tensor; the CUDA and Triton
+kernels skip the weight tiles the mask empties, from a tile-occupancy table recomputed at every call.
+The pure-PyTorch references below are the oracle. Masked weights contribute exactly nothing (a masked entry is never read, so even
 an inf there is harmless) and receive exactly zero gradient.
 """
 from __future__ import annotations

@@ -1,0 +1,149 @@
+// CUDA implementations of fastlv_C::masked_linear and its backward (schemas in csrc/cpu/masked_linear.cpp):
+// argument checks, contiguous [rows, features] views, the keep mask and the tile occupancy (ATen ops, at
+// every call: a pass over the mask, no cache), output allocation, then the launchers of
+// csrc/cuda/masked_linear.cu on the current stream. Outputs have the CPU op's shapes.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/amax.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/ne.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common/checks.h"
+#include "cuda/masked_linear.cuh"
+
+namespace fastlv {
+namespace {
+
+DType launcher_dtype(const at::Tensor& t) {
+  const at::ScalarType type = t.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16,
+              "fastlv: the CUDA masked linear supports float32, float64, float16 and bfloat16, got ", type);
+  return type == at::kFloat ? DType::kFloat32
+         : type == at::kDouble ? DType::kFloat64
+         : type == at::kHalf   ? DType::kFloat16
+                               : DType::kBFloat16;
+}
+
+Activation parse_activation(c10::string_view activation) {
+  if (activation == "none") return Activation::kNone;
+  if (activation == "relu") return Activation::kRelu;
+  TORCH_CHECK(false, "fastlv: activation must be 'none' or 'relu', got '", std::string(activation), "'");
+}
+
+void check_masked_linear_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+                              const std::optional<at::Tensor>& bias) {
+  check_float(x, "x");
+  check_same(weight, x, "weight", "x");
+  TORCH_CHECK(weight.dim() == 2, "fastlv: weight must be 2-D [out, in], got shape ", weight.sizes());
+  TORCH_CHECK(mask.device() == weight.device(), "fastlv: mask is on ", mask.device(), " but weight is on ",
+              weight.device());
+  check_shape(mask, weight.sizes(), "mask");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "fastlv: x must end in in_features = ",
+              weight.size(1), " (weight is [out, in]), got shape ", x.sizes());
+  if (bias.has_value()) {
+    check_same(*bias, x, "bias", "x");
+    check_shape(*bias, {weight.size(0)}, "bias");
+  }
+}
+
+// x as a contiguous [rows, in] matrix (also when in == 0, where reshape(-1, in) is ambiguous).
+at::Tensor as_matrix(const at::Tensor& x, int64_t in) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
+  return x.reshape({rows, in}).contiguous();
+}
+
+std::vector<int64_t> output_shape(const at::Tensor& x, int64_t out) {
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = out;
+  return shape;
+}
+
+// keep [out, in] uint8 (1 where the mask is nonzero) and occupied [out_tiles, max(1, in_tiles)] uint8 (1 where
+// the kMaskedLinearTile-square weight tile holds a kept entry); zero padding to whole tiles keeps it exact.
+std::tuple<at::Tensor, at::Tensor> keep_and_occupancy(const at::Tensor& mask) {
+  const int64_t out = mask.size(0), in = mask.size(1), tile = kMaskedLinearTile;
+  const int64_t out_tiles = (out + tile - 1) / tile, in_tiles = std::max<int64_t>(1, (in + tile - 1) / tile);
+  const at::Tensor keep = at::ne(mask, 0).to(at::kByte).contiguous();
+  const at::Tensor occupied = at::constant_pad_nd(keep, {0, in_tiles * tile - in, 0, out_tiles * tile - out}, 0)
+                                  .view({out_tiles, tile, in_tiles, tile})
+                                  .amax({1, 3})
+                                  .contiguous();
+  return {keep, occupied};
+}
+
+at::Tensor masked_linear_op_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+                                 const std::optional<at::Tensor>& bias, c10::string_view activation) {
+  check_masked_linear_args(x, weight, mask, bias);
+  const Activation act = parse_activation(activation);
+  const DType dtype = launcher_dtype(x);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const int64_t out = weight.size(0), in = weight.size(1);
+  const at::Tensor x2 = as_matrix(x, in), wc = weight.contiguous();
+  at::Tensor y = at::empty({x2.size(0), out}, x.options());
+  if (x2.size(0) > 0 && out > 0) {
+    const auto [keep, occupied] = keep_and_occupancy(mask);
+    const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
+    masked_linear_forward_cuda(dtype, x2.const_data_ptr(), wc.const_data_ptr(), keep.const_data_ptr<uint8_t>(),
+                               occupied.const_data_ptr<uint8_t>(), occupied.size(1),
+                               bc.defined() ? bc.const_data_ptr() : nullptr, act, x2.size(0), in, out,
+                               y.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return y.view(output_shape(x, out));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_op_cuda(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+    const std::optional<at::Tensor>& output, c10::string_view activation) {
+  check_masked_linear_args(x, weight, mask, std::nullopt);
+  const Activation act = parse_activation(activation);
+  const DType dtype = launcher_dtype(x);
+  const int64_t out = weight.size(0), in = weight.size(1);
+  TORCH_CHECK(grad.device() == x.device(), "fastlv: grad is on ", grad.device(), " but x is on ", x.device());
+  check_shape(grad, output_shape(x, out), "grad");
+  TORCH_CHECK(act == Activation::kNone || output.has_value(), "fastlv: the relu backward needs the output");
+  if (output.has_value()) {
+    TORCH_CHECK(output->device() == x.device(), "fastlv: output is on ", output->device(), " but x is on ",
+                x.device());
+    check_shape(*output, output_shape(x, out), "output");
+  }
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const at::Tensor x2 = as_matrix(x, in), wc = weight.contiguous();
+  const at::Tensor g2 = as_matrix(grad.to(x.scalar_type()), out);
+  // relu' is read from the output; without an activation the kernels get no output.
+  const at::Tensor out2 = act == Activation::kRelu ? as_matrix(output->to(x.scalar_type()), out) : at::Tensor();
+  at::Tensor grad_x = at::zeros_like(x2), grad_w = at::zeros_like(wc), grad_b = at::zeros({out}, x.options());
+  if (x2.size(0) > 0 && out > 0) {
+    const auto [keep, occupied] = keep_and_occupancy(mask);
+    masked_linear_backward_cuda(dtype, g2.const_data_ptr(), out2.defined() ? out2.const_data_ptr() : nullptr,
+                                x2.const_data_ptr(), wc.const_data_ptr(), keep.const_data_ptr<uint8_t>(),
+                                occupied.const_data_ptr<uint8_t>(), occupied.size(1), act, x2.size(0), in, out,
+                                grad_x.mutable_data_ptr(), grad_w.mutable_data_ptr(), grad_b.mutable_data_ptr(),
+                                c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {grad_x.view(x.sizes()), grad_w, grad_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastlv_C, CUDA, m) {
+  m.impl("masked_linear", &masked_linear_op_cuda);
+  m.impl("masked_linear_backward", &masked_linear_backward_op_cuda);
+}
+
+}  // namespace fastlv
