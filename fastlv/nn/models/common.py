@@ -183,13 +183,14 @@ class StochasticLSTM(nn.Module):
         b_out = torch.stack([prior_out.bias, post_out.bias]).unsqueeze(1)
         h = c = u.new_zeros(B, H)
         h_prev, hs, zs, qs, ps = [], [], [], [], []
-        for t in range(N):
-            first, gates = torch.addmm(pre[:, t], h, w_state).split([2 * M, 4 * H], 1)
+        # unbind, not pre[:, t]: the backward of N slices would write N full-size zero tensors (O(N^2))
+        for pre_t, eps_t in zip(pre.unbind(1), eps.unbind(1)):
+            first, gates = torch.addmm(pre_t, h, w_state).split([2 * M, 4 * H], 1)
             hidden = F.leaky_relu(first, 1.0 / 3.0).clamp(-3.0, 3.0).view(B, 2, M).transpose(0, 1)
             p_t, q_t = self.clamp(torch.baddbmm(b_out, hidden, w_out)).unbind(0)
             mu_q, logvar_q = q_t.chunk(2, 1)
             # two pointwise ops: at [B, d_latent] a custom-op call per step costs more in dispatch than it fuses
-            z = torch.addcmul(mu_q, torch.exp(0.5 * logvar_q), eps[:, t])
+            z = torch.addcmul(mu_q, torch.exp(0.5 * logvar_q), eps_t)
             h_prev.append(h)
             h, c = lstm_pointwise(torch.addmm(gates, z, w_latent), c)
             hs.append(h), zs.append(z), qs.append(q_t), ps.append(p_t)

@@ -71,7 +71,7 @@ class FraccaroSRNN(LatentModel):
 
     def _unroll(self, d: Tensor, a: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Algorithm 1: the z chain -> samples, posterior and prior (mean, log-variance) ``[B, N, .]``."""
-        B, N, _ = d.shape
+        B = d.shape[0]
         Z = self.d_latent
         prior_in, post_in = self.prior[0], self.posterior[0]
         M = prior_in.out_features
@@ -80,15 +80,15 @@ class FraccaroSRNN(LatentModel):
         w_z = torch.cat([prior_in.weight[:, :Z], post_in.weight[:, :Z]]).t()  # z_{t-1} -> both first layers
         z = d.new_zeros(B, Z)  # z_0
         zs, qs, ps = [], [], []
-        for t in range(N):
-            prior_hidden, post_hidden = F.leaky_relu(torch.addmm(pre[:, t], z, w_z), 1.0 / 3.0).clamp(-3, 3).split(M, 1)
+        for pre_t, eps_t in zip(pre.unbind(1), eps.unbind(1)):  # unbind: pre[:, t]'s backward is O(N) each
+            prior_hidden, post_hidden = F.leaky_relu(torch.addmm(pre_t, z, w_z), 1.0 / 3.0).clamp(-3, 3).split(M, 1)
             p_t = self._clamp(self.prior[2:](prior_hidden))
             q_t = self.posterior[2:](post_hidden)
             if self.residual:  # Eq. 12: the posterior mean is a correction of the prior mean
                 q_t = q_t + F.pad(p_t[:, :Z], (0, Z))
             q_t = self._clamp(q_t)
             mu_q, logvar_q = q_t.chunk(2, 1)
-            z = torch.addcmul(mu_q, torch.exp(0.5 * logvar_q), eps[:, t])
+            z = torch.addcmul(mu_q, torch.exp(0.5 * logvar_q), eps_t)
             zs.append(z), qs.append(q_t), ps.append(p_t)
         return tuple(torch.stack(s, 1) for s in (zs, qs, ps))
 

@@ -77,12 +77,13 @@ class SISRNN(LatentModel):
         w_state = first.weight[:, embedded.shape[-1]:embedded.shape[-1] + self.d_rnn].t()
         h = x.new_zeros(B, self.d_rnn)
         h_prev, zs, psis, priors = [], [], [], []
-        for t in range(N):
-            psi = self._encode(torch.addmm(x_part[:, t], h, w_state), mixing_samples + 1)  # draw 0 samples z_t
+        # unbind, not [:, t]: the backward of N slices would write N full-size zero tensors (O(N^2))
+        for x_t, embedded_t, eps_t in zip(x_part.unbind(1), embedded.unbind(1), eps.unbind(1)):
+            psi = self._encode(torch.addmm(x_t, h, w_state), mixing_samples + 1)  # draw 0 samples z_t
             mu_q, logvar_q = psi[0].chunk(2, -1)
-            z = torch.addcmul(mu_q, torch.exp(0.5 * logvar_q), eps[:, t])
+            z = torch.addcmul(mu_q, torch.exp(0.5 * logvar_q), eps_t)
             h_prev.append(h), zs.append(z), psis.append(psi), priors.append(self._clamp(self.prior(h)))
-            h = self.cell(torch.cat([embedded[:, t], z], -1), h)
+            h = self.cell(torch.cat([embedded_t, z], -1), h)
         h_prev, z, psi, prior = torch.stack(h_prev, 1), torch.stack(zs, 1), torch.stack(psis, 2), torch.stack(priors, 1)
         log_px = self.head.log_prob(torch.cat([h_prev, z], -1), x)
         log_pz = gaussian_log_prob(z, *prior.chunk(2, -1))
