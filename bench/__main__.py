@@ -1,12 +1,13 @@
 """`python -m bench`: fastlv's benchmarks on built-in defaults (quick mode on this machine).
 
-Runs the op provider comparison (bench/ops.py) and writes Markdown, JSON and PNG under bench/results/.
+Runs the op provider comparison (bench/ops.py) and the Table 5 reproduction (bench/table5.py), and
+writes Markdown, JSON and PNG under bench/results/.
 """
 import argparse
 
 import torch
 
-from bench import ops
+from bench import ops, table5
 
 
 def main():
@@ -15,6 +16,8 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", nargs="*", help="substrings of bench module names to run")
     args = parser.parse_args()
+    if not args.only or "table5" in args.only:
+        table5.main(full=args.full)
     ops.main(quick=not args.full, device=args.device, only=args.only)
 
 
