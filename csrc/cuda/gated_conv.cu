@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include "common/gated_conv_math.h"
+#include "cuda/convert.cuh"
 #include "cuda/gated_conv.cuh"
 
 namespace fastlv {
@@ -16,30 +17,6 @@ namespace {
 
 constexpr int kTile = 16;
 constexpr int kThreadsPerBlock = 256;
-
-template <typename T> struct AccType { using type = float; };
-template <> struct AccType<double> { using type = double; };
-template <typename T> using acc_t = typename AccType<T>::type;
-
-// Explicit conversions: torch builds with __CUDA_NO_HALF_CONVERSIONS__ and __CUDA_NO_BFLOAT16_CONVERSIONS__.
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_acc(acc_t<T> v);
-template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// v[i] as the accumulation type, 0 when !ok.
-template <typename T>
-__device__ __forceinline__ acc_t<T> load_or_zero(const T* v, int64_t i, bool ok) {
-  return ok ? to_acc(v[i]) : acc_t<T>(0);
-}
 
 // Block (blockIdx.x: rows, blockIdx.y: channels): out[r, c], pre[r, c] and pre[r, C + c].
 template <typename T>
