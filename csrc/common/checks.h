@@ -4,6 +4,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include "common/dtype.h"
+
 #include <vector>
 
 namespace fastlv {
@@ -48,6 +50,17 @@ inline void check_gmm_inputs(const at::Tensor& x, const at::Tensor& logits, cons
   }
   check_shape(mu, param_shape, "mu");
   check_shape(log_sigma, param_shape, "log_sigma");
+}
+
+// The torch-free dtype enum a CUDA launcher takes; errors name the op.
+inline DType launcher_dtype(const at::Tensor& t, const char* op) {
+  const at::ScalarType type = t.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16, "fastlv: ",
+              op, " on CUDA supports float32, float64, float16 and bfloat16, got ", type);
+  return type == at::kFloat ? DType::kFloat32
+         : type == at::kDouble ? DType::kFloat64
+         : type == at::kHalf   ? DType::kFloat16
+                               : DType::kBFloat16;
 }
 
 }  // namespace fastlv

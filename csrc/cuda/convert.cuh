@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "common/dtype.h"
+
 namespace fastlv {
 
 // Accumulation type: float for float/half/bfloat16, double for double.
@@ -31,6 +33,22 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(flo
 template <typename T>
 __device__ __forceinline__ acc_t<T> load_or_zero(const T* v, int64_t i, bool ok) {
   return ok ? to_acc(v[i]) : acc_t<T>(0);
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(TypeTag<T>{}) with the element type T of dtype (a launcher's runtime dtype -> kernel template).
+template <typename F>
+void dispatch_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32: return f(TypeTag<float>{});
+    case DType::kFloat64: return f(TypeTag<double>{});
+    case DType::kFloat16: return f(TypeTag<__half>{});
+    case DType::kBFloat16: return f(TypeTag<__nv_bfloat16>{});
+  }
 }
 
 }  // namespace fastlv

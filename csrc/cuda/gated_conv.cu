@@ -127,21 +127,6 @@ __global__ void bias_grad_kernel(const T* __restrict__ d_pre, int64_t R, int64_t
   d_bias[o] = from_acc<T>(sum);
 }
 
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-template <typename F>
-void dispatch_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: return f(TypeTag<float>{});
-    case DType::kFloat64: return f(TypeTag<double>{});
-    case DType::kFloat16: return f(TypeTag<__half>{});
-    case DType::kBFloat16: return f(TypeTag<__nv_bfloat16>{});
-  }
-}
-
 unsigned tiles(int64_t n) { return static_cast<unsigned>((n + kTile - 1) / kTile); }
 
 unsigned blocks_for(int64_t n) {

@@ -18,16 +18,6 @@
 namespace fastlv {
 namespace {
 
-DType launcher_dtype(const at::Tensor& t) {
-  const at::ScalarType type = t.scalar_type();
-  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16,
-              "fastlv: the CUDA gated convolution supports float32, float64, float16 and bfloat16, got ", type);
-  return type == at::kFloat ? DType::kFloat32
-         : type == at::kDouble ? DType::kFloat64
-         : type == at::kHalf   ? DType::kFloat16
-                               : DType::kBFloat16;
-}
-
 // [B, C, T] (any strides) -> contiguous [T * B, C].
 at::Tensor time_major(const at::Tensor& t) {
   return t.permute({2, 0, 1}).contiguous().view({t.size(2) * t.size(0), t.size(1)});
@@ -66,7 +56,7 @@ std::tuple<at::Tensor, at::Tensor> gated_causal_conv1d_cuda(const at::Tensor& x,
   const at::Tensor x_rows = time_major(x), w_taps = weight.permute({2, 0, 1}).contiguous();
   const at::Tensor bias_c = bias.contiguous();
   at::Tensor out = at::empty({T, B, C}, x.options()), pre = at::empty({T, B, C2}, x.options());
-  gated_conv_forward_cuda(launcher_dtype(x), x_rows.const_data_ptr(), w_taps.const_data_ptr(),
+  gated_conv_forward_cuda(launcher_dtype(x, "gated_causal_conv1d"), x_rows.const_data_ptr(), w_taps.const_data_ptr(),
                           bias_c.const_data_ptr(), has_cond ? cond_rows.const_data_ptr() : nullptr, cond_local,
                           T * B, B, C_in, C, k, dilation, out.mutable_data_ptr(), pre.mutable_data_ptr(),
                           c10::cuda::getCurrentCUDAStream());
@@ -88,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_causal_conv1d_b
   const at::Tensor x_rows = time_major(x), w_taps = weight.permute({2, 0, 1}).contiguous();
   at::Tensor d_pre = at::empty({T, B, C2}, x.options()), d_x = at::zeros({T, B, C_in}, x.options());
   at::Tensor d_w_taps = at::zeros({k, C2, C_in}, x.options()), d_bias = at::zeros({C2}, x.options());
-  gated_conv_backward_cuda(launcher_dtype(x), grad_rows.const_data_ptr(), pre_c.const_data_ptr(),
+  gated_conv_backward_cuda(launcher_dtype(x, "gated_causal_conv1d"), grad_rows.const_data_ptr(), pre_c.const_data_ptr(),
                            x_rows.const_data_ptr(), w_taps.const_data_ptr(), T * B, B, C_in, C, k, dilation,
                            d_pre.mutable_data_ptr(), d_x.mutable_data_ptr(), d_w_taps.mutable_data_ptr(),
                            d_bias.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream());

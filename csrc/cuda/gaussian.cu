@@ -38,22 +38,6 @@ unsigned blocks_for(int64_t threads) {
   return static_cast<unsigned>((threads + kThreadsPerBlock - 1) / kThreadsPerBlock);
 }
 
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-// Calls f(TypeTag<T>{}) with the element type T of dtype.
-template <typename F>
-void dispatch_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: return f(TypeTag<float>{});
-    case DType::kFloat64: return f(TypeTag<double>{});
-    case DType::kFloat16: return f(TypeTag<__half>{});
-    case DType::kBFloat16: return f(TypeTag<__nv_bfloat16>{});
-  }
-}
-
 // The parameters of element i, in the accumulation type.
 template <bool kPrior, typename T, typename A = acc_t<T>>
 __device__ __forceinline__ LatentParams<A> load_params(const T* mu_q, const T* lv_q, const T* mu_p, const T* lv_p,

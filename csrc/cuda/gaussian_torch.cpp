@@ -21,16 +21,6 @@ namespace {
 
 using OptTensor = std::optional<at::Tensor>;
 
-DType launcher_dtype(const at::Tensor& t) {
-  const at::ScalarType type = t.scalar_type();
-  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16,
-              "fastlv: CUDA Gaussian latent ops support float32, float64, float16 and bfloat16, got ", type);
-  return type == at::kFloat ? DType::kFloat32
-         : type == at::kDouble ? DType::kFloat64
-         : type == at::kHalf   ? DType::kFloat16
-                               : DType::kBFloat16;
-}
-
 std::pair<int64_t, int64_t> rows_of(const at::Tensor& t) {
   const int64_t D = t.size(-1);
   int64_t N = 1;
@@ -73,7 +63,7 @@ LatentLaunch latent_launch(const at::Tensor& mu_q, const at::Tensor& lv_q, const
                            double lv_max) {
   const auto [N, D] = rows_of(mu_q);
   const bool draw = sample && !eps.has_value();
-  return {launcher_dtype(mu_q), mu_q.const_data_ptr(), lv_q.const_data_ptr(), data_or_null(mu_p), data_or_null(lv_p),
+  return {launcher_dtype(mu_q, "the Gaussian ops"), mu_q.const_data_ptr(), lv_q.const_data_ptr(), data_or_null(mu_p), data_or_null(lv_p),
           sample ? data_or_null(eps) : nullptr, draw ? seed->const_data_ptr<int64_t>() : nullptr, N, D,
           precision_weighted, sample, kl, elementwise, float(free_bits), float(mu_min), float(mu_max),
           float(lv_min), float(lv_max)};
@@ -152,7 +142,7 @@ at::Tensor gaussian_log_prob_cuda(const at::Tensor& x, const at::Tensor& mu, con
   const auto xc = x.contiguous(), mc = mu.contiguous(), lc = logvar.contiguous();
   auto out = elementwise ? at::empty_like(xc) : at::empty(xc.sizes().slice(0, xc.dim() - 1), xc.options());
   const auto [N, D] = rows_of(xc);
-  launch_gaussian_log_prob_forward(launcher_dtype(x), xc.const_data_ptr(), mc.const_data_ptr(), lc.const_data_ptr(), N,
+  launch_gaussian_log_prob_forward(launcher_dtype(x, "the Gaussian ops"), xc.const_data_ptr(), mc.const_data_ptr(), lc.const_data_ptr(), N,
                                  D, elementwise, float(mu_min), float(mu_max), float(logvar_min), float(logvar_max),
                                  out.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -169,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_log_prob_backward_cuda(
   const auto lc = logvar.contiguous();
   auto d_x = at::empty_like(xc), d_mu = at::empty_like(xc), d_logvar = at::empty_like(xc);
   const auto [N, D] = rows_of(xc);
-  launch_gaussian_log_prob_backward(launcher_dtype(x), gc.const_data_ptr(), xc.const_data_ptr(), mc.const_data_ptr(),
+  launch_gaussian_log_prob_backward(launcher_dtype(x, "the Gaussian ops"), gc.const_data_ptr(), xc.const_data_ptr(), mc.const_data_ptr(),
                                   lc.const_data_ptr(), N, D, elementwise, float(mu_min), float(mu_max),
                                   float(logvar_min), float(logvar_max), d_x.mutable_data_ptr(), d_mu.mutable_data_ptr(),
                                   d_logvar.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream());
@@ -194,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor> precision_weighted_cuda(const at::Tensor& mu_
   const c10::cuda::CUDAGuard device_guard(mu_a.device());
   const auto mac = mu_a.contiguous(), vac = var_a.contiguous(), mbc = mu_b.contiguous(), vbc = var_b.contiguous();
   auto mu = at::empty_like(mac), var = at::empty_like(mac);
-  launch_precision_weighted_forward(launcher_dtype(mu_a), mac.const_data_ptr(), vac.const_data_ptr(),
+  launch_precision_weighted_forward(launcher_dtype(mu_a, "the Gaussian ops"), mac.const_data_ptr(), vac.const_data_ptr(),
                                   mbc.const_data_ptr(), vbc.const_data_ptr(), mac.numel(), mu.mutable_data_ptr(),
                                   var.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -212,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> precision_weighted_ba
   const auto mac = mu_a.contiguous(), vac = var_a.contiguous(), mbc = mu_b.contiguous(), vbc = var_b.contiguous();
   auto d_mu_a = at::empty_like(mac), d_var_a = at::empty_like(mac), d_mu_b = at::empty_like(mac);
   auto d_var_b = at::empty_like(mac);
-  launch_precision_weighted_backward(launcher_dtype(mu_a), gmc.const_data_ptr(), gvc.const_data_ptr(),
+  launch_precision_weighted_backward(launcher_dtype(mu_a, "the Gaussian ops"), gmc.const_data_ptr(), gvc.const_data_ptr(),
                                    mac.const_data_ptr(), vac.const_data_ptr(), mbc.const_data_ptr(),
                                    vbc.const_data_ptr(), mac.numel(), d_mu_a.mutable_data_ptr(),
                                    d_var_a.mutable_data_ptr(), d_mu_b.mutable_data_ptr(), d_var_b.mutable_data_ptr(),

@@ -238,22 +238,6 @@ __global__ void diag_gmm_backward_kernel(const T* __restrict__ grad, const T* __
   }
 }
 
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-// Calls f(TypeTag<T>{}) with the element type T of dtype.
-template <typename F>
-void dispatch_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: return f(TypeTag<float>{});
-    case DType::kFloat64: return f(TypeTag<double>{});
-    case DType::kFloat16: return f(TypeTag<__half>{});
-    case DType::kBFloat16: return f(TypeTag<__nv_bfloat16>{});
-  }
-}
-
 // Calls f(std::integral_constant<int, G>{}) with G, the lanes per element: K rounded up to a power of
 // two, at most 32.
 template <typename F>

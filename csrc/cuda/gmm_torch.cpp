@@ -18,16 +18,6 @@
 namespace fastlv {
 namespace {
 
-DType launcher_dtype(const at::Tensor& t) {
-  const at::ScalarType type = t.scalar_type();
-  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16,
-              "fastlv: CUDA Gaussian mixtures support float32, float64, float16 and bfloat16, got ", type);
-  return type == at::kFloat ? DType::kFloat32
-         : type == at::kDouble ? DType::kFloat64
-         : type == at::kHalf   ? DType::kFloat16
-                               : DType::kBFloat16;
-}
-
 // The incoming gradient of log_prob: the batch shape, on x's device; converted to x's dtype.
 at::Tensor grad_for(const at::Tensor& grad, const at::Tensor& x, at::IntArrayRef batch_shape) {
   TORCH_CHECK(grad.device() == x.device(), "fastlv: grad is on ", grad.device(), " but x is on ", x.device());
@@ -44,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gmm_log_prob_cuda(const at::Tenso
   const c10::cuda::CUDAGuard device_guard(x.device());
   auto xc = x.contiguous(), lc = logits.contiguous(), mc = mu.contiguous(), sc = log_sigma.contiguous();
   auto log_prob = at::empty_like(xc), lse_components = at::empty_like(xc), lse_logits = at::empty_like(xc);
-  gmm_forward_cuda(launcher_dtype(x), xc.const_data_ptr(), lc.const_data_ptr(), mc.const_data_ptr(),
+  gmm_forward_cuda(launcher_dtype(x, "gmm_log_prob"), xc.const_data_ptr(), lc.const_data_ptr(), mc.const_data_ptr(),
                    sc.const_data_ptr(), xc.numel(), logits.size(-1), float(lo), float(hi),
                    log_prob.mutable_data_ptr(), lse_components.mutable_data_ptr(), lse_logits.mutable_data_ptr(),
                    c10::cuda::getCurrentCUDAStream());
@@ -61,7 +51,7 @@ Grads gmm_log_prob_backward_cuda(const at::Tensor& grad, const at::Tensor& x, co
   auto mc = mu.contiguous(), sc = log_sigma.contiguous();
   auto d_x = at::empty_like(xc), d_logits = at::empty_like(lc), d_mu = at::empty_like(mc);
   auto d_log_sigma = at::empty_like(sc);
-  gmm_backward_cuda(launcher_dtype(x), gc.const_data_ptr(), xc.const_data_ptr(), lc.const_data_ptr(),
+  gmm_backward_cuda(launcher_dtype(x, "gmm_log_prob"), gc.const_data_ptr(), xc.const_data_ptr(), lc.const_data_ptr(),
                     mc.const_data_ptr(), sc.const_data_ptr(), xc.numel(), logits.size(-1), float(lo), float(hi),
                     d_x.mutable_data_ptr(), d_logits.mutable_data_ptr(), d_mu.mutable_data_ptr(),
                     d_log_sigma.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream());
@@ -78,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> diag_gmm_log_prob_cuda(const at::
   const int64_t K = logits.size(-1), D = x.size(-1), N = lc.numel() / K;  // N frames, also when D == 0
   auto log_prob = at::empty(lc.sizes().slice(0, lc.dim() - 1), lc.options());
   auto lse_components = at::empty_like(log_prob), lse_logits = at::empty_like(log_prob);
-  diag_gmm_forward_cuda(launcher_dtype(x), xc.const_data_ptr(), lc.const_data_ptr(), mc.const_data_ptr(),
+  diag_gmm_forward_cuda(launcher_dtype(x, "gmm_log_prob"), xc.const_data_ptr(), lc.const_data_ptr(), mc.const_data_ptr(),
                         sc.const_data_ptr(), N, K, D, float(lo), float(hi), log_prob.mutable_data_ptr(),
                         lse_components.mutable_data_ptr(), lse_logits.mutable_data_ptr(),
                         c10::cuda::getCurrentCUDAStream());
@@ -99,7 +89,7 @@ Grads diag_gmm_log_prob_backward_cuda(const at::Tensor& grad, const at::Tensor& 
   auto lc = logits.contiguous(), mc = mu.contiguous(), sc = log_sigma.contiguous();
   auto d_x = at::empty_like(xc), d_logits = at::empty_like(lc), d_mu = at::empty_like(mc);
   auto d_log_sigma = at::empty_like(sc);
-  diag_gmm_backward_cuda(launcher_dtype(x), gc.const_data_ptr(), xc.const_data_ptr(), lc.const_data_ptr(),
+  diag_gmm_backward_cuda(launcher_dtype(x, "gmm_log_prob"), gc.const_data_ptr(), xc.const_data_ptr(), lc.const_data_ptr(),
                          mc.const_data_ptr(), sc.const_data_ptr(), N, K, D, float(lo), float(hi),
                          d_x.mutable_data_ptr(), d_logits.mutable_data_ptr(), d_mu.mutable_data_ptr(),
                          d_log_sigma.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream());

@@ -27,16 +27,6 @@
 namespace fastlv {
 namespace {
 
-DType launcher_dtype(const at::Tensor& t) {
-  const at::ScalarType type = t.scalar_type();
-  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16,
-              "fastlv: the CUDA masked linear supports float32, float64, float16 and bfloat16, got ", type);
-  return type == at::kFloat ? DType::kFloat32
-         : type == at::kDouble ? DType::kFloat64
-         : type == at::kHalf   ? DType::kFloat16
-                               : DType::kBFloat16;
-}
-
 Activation parse_activation(c10::string_view activation) {
   if (activation == "none") return Activation::kNone;
   if (activation == "relu") return Activation::kRelu;
@@ -89,7 +79,7 @@ at::Tensor masked_linear_op_cuda(const at::Tensor& x, const at::Tensor& weight, 
                                  const std::optional<at::Tensor>& bias, c10::string_view activation) {
   check_masked_linear_args(x, weight, mask, bias);
   const Activation act = parse_activation(activation);
-  const DType dtype = launcher_dtype(x);
+  const DType dtype = launcher_dtype(x, "masked_linear");
   const c10::cuda::CUDAGuard device_guard(x.device());
   const int64_t out = weight.size(0), in = weight.size(1);
   const at::Tensor x2 = as_matrix(x, in), wc = weight.contiguous();
@@ -111,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_op_cuda(
     const std::optional<at::Tensor>& output, c10::string_view activation) {
   check_masked_linear_args(x, weight, mask, std::nullopt);
   const Activation act = parse_activation(activation);
-  const DType dtype = launcher_dtype(x);
+  const DType dtype = launcher_dtype(x, "masked_linear");
   const int64_t out = weight.size(0), in = weight.size(1);
   TORCH_CHECK(grad.device() == x.device(), "fastlv: grad is on ", grad.device(), " but x is on ", x.device());
   check_shape(grad, output_shape(x, out), "grad");
