@@ -34,6 +34,14 @@ def sync(device: str = "cpu"):
         torch.cuda.synchronize()
 
 
+def fastlv_providers(device: str) -> dict[str, str]:
+    """fastlv backends to time on this device, as provider name -> backend: the C++ kernels on CPU;
+    CUDA and Triton on a GPU."""
+    import fastlv
+    names = ["cpp"] if device == "cpu" else ["cuda", "triton"]
+    return {f"fastlv-{b}": b for b in names if fastlv.backends(device)[b] == "available"}
+
+
 def time_providers(providers: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2,
                    device: str = "cpu") -> dict[str, float]:
     """Median seconds per call of each provider. Providers are interleaved (round robin) so machine

@@ -15,8 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-import fastlv
-from bench.common import format_table, time_providers
+from bench.common import time_providers
 from fastlv.nn import TCN, WaveNetBlock
 
 BLOCK_SHAPE = dict(B=32, C=256, T=1000, k=2)

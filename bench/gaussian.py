@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 import fastlv
-from bench.common import time_providers
+from bench.common import fastlv_providers, time_providers
 from fastlv.ops import gaussian_kl, gaussian_kl_ref, gaussian_sample_kl, gaussian_sample_kl_ref
 
 SHAPES = {"flat B32 T1000 D256": (32, 1000, 256), "speech B32 T40 D256": (32, 40, 256)}
@@ -38,11 +38,6 @@ def bytes_moved(B, T, D, op: str, backward: bool, itemsize: int = 4) -> int:
     else:
         forward, backward_bytes = 4 * nd + n, 8 * nd + n
     return (forward + (backward_bytes if backward else 0)) * itemsize
-
-
-def fastlv_providers(device: str) -> dict[str, str]:
-    names = ["cpp"] if device == "cpu" else ["cuda", "triton"]
-    return {f"fastlv-{b}": b for b in names if fastlv.backends(device)[b] == "available"}
 
 
 def run(quick: bool = False, device: str = "cpu", bandwidth: float | None = None) -> list[dict]:

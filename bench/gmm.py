@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 import fastlv
-from bench.common import peak_extra_memory, time_providers
+from bench.common import fastlv_providers, peak_extra_memory, time_providers
 from fastlv.ops import gmm_log_prob, gmm_log_prob_ref
 
 SHAPES = {"speech B32 T40 L200 K20": (32, 40, 200, 20), "flat B32 T8000 L1 K20": (32, 8000, 1, 20)}
@@ -17,12 +17,6 @@ def make_inputs(B, T, L, K, device="cpu", seed=0):
     x = torch.randn(B, T, L, generator=g)
     params = [torch.randn(B, T, L, K, generator=g) * s for s in (1.0, 1.0, 0.5)]
     return [t.to(device).requires_grad_() for t in (x, *params)]
-
-
-def fastlv_providers(device: str) -> dict[str, str]:
-    """fastlv backends to time on this device: the C++ kernel on CPU; CUDA and Triton on a GPU."""
-    names = ["cpp"] if device == "cpu" else ["cuda", "triton"]
-    return {f"fastlv-{b}": b for b in names if fastlv.backends(device)[b] == "available"}
 
 
 def bytes_moved(B, T, L, K, backward: bool, itemsize: int = 4) -> int:
