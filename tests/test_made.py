@@ -1,13 +1,23 @@
-"""fastlv.nn.MADE and the hierarchical output head: autoregressive by Jacobian, normalized, sampling
-consistent with the likelihood, equal to a dense torch.nn construction."""
+"""fastlv.nn.MADE and the hierarchical low levels (LowLevelMADE, LowLevelLSTM): autoregressive by Jacobian,
+normalized, sampling consistent with the likelihood, equal to a dense torch.nn construction."""
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fastlv.nn import MADE, HierarchicalOutput, hidden_degrees, input_degrees, made_mask
+from fastlv.nn import MADE, LowLevelLSTM, LowLevelMADE, hidden_degrees, input_degrees, made_mask
+from fastlv.nn.made import hierarchical_output
 from fastlv.ops import gmm_log_prob_ref
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny modules are dispatch-bound; on the shared 2-core machine a second thread only waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def output_jacobian(fn, x):
@@ -109,26 +119,55 @@ def test_gmm_made_sampling_follows_the_order():
     assert torch.isfinite(made.log_prob(samples, h)).all()
 
 
-@pytest.mark.parametrize("low_level", ["made", "lstm"])
-def test_hierarchical_head(low_level):
+LOW_LEVELS = {  # name -> low level over L = 5 elements with h_t of width 6
+    "lstm": lambda: LowLevelLSTM(5, 6, 4, 7, n_components=2),
+    "made": lambda: LowLevelMADE(5, 6, (16, 16), n_components=2),
+    "made-random-order": lambda: LowLevelMADE(5, 6, (16,), n_components=2, order="random", seed=1),
+    "made-per-dimension": lambda: LowLevelMADE(5, 6, (4, 4, 4), n_components=2, per_dimension=4),
+    "made-bernoulli": lambda: LowLevelMADE(5, 6, (16,), distribution="bernoulli"),
+}
+
+
+@pytest.mark.parametrize("name", list(LOW_LEVELS))
+def test_low_level_is_autoregressive_within_the_frame(name):
+    """Element i's parameters see h_t and x_t,<i only (Eq. 13-14): zero Jacobian on x_t,>=i (in the
+    order), and element 0 in the order depends on h_t. log_prob / loss / sample on [B, T, .] states."""
     torch.manual_seed(0)
-    head = HierarchicalOutput(6, 5, low_level=low_level, n_components=3, made_hidden=(16,), lstm_size=8,
-                              embed_size=4).double()
+    head = LOW_LEVELS[name]().double()
     h, x = torch.randn(2, 3, 6, dtype=torch.float64), torch.randn(2, 3, 5, dtype=torch.float64)
+    degrees = head.made.degrees if isinstance(head, LowLevelMADE) else torch.arange(1, 6)
+    assert_autoregressive(output_jacobian(lambda v: head.element_params(h[0, :1], v), x[0, :1]), degrees)
+    first = degrees.argmin()
+    jac_h = torch.autograd.functional.jacobian(lambda c: head.element_params(c, x[0])[:, first].sum(), h[0])
+    assert (jac_h != 0).any()
     log_p = head(h, x)
     assert log_p.shape == (2, 3)
+    torch.testing.assert_close(log_p, head.dist.log_prob(x, head.element_params(h, x)).sum(-1))
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
     torch.testing.assert_close(head.loss(h, x, mask=mask), -(log_p * mask).sum() / 3)
-    jac = output_jacobian(lambda v: head.low(v, h[0, :1]), x[0, :1])
-    assert_autoregressive(jac, torch.arange(1, 6))
     sample = head.sample(h)
     assert sample.shape == (2, 3, 5) and torch.isfinite(sample).all()
 
 
-def test_lstm_sampling_is_consistent_with_its_likelihood():
-    """Bernoulli low-level LSTM over L=2: sample frequencies match exp(log p)."""
+def test_per_dimension_layout_has_the_reference_shapes():
+    """Per-dimension MADE = the re-examination code's Perm-TIMIT low level: first weights [L, H + L - 1, d]
+    (the last element feeds nothing), [L, d] LayerNorm affines, [L, d, d] layers, a [L, d, P] output."""
+    L, H, d = 7, 5, 3
+    made = LowLevelMADE(L, H, (d, d, d), n_components=2, per_dimension=d).made
+    assert made.first.weight.shape == (L * d, H + L - 1)
+    assert [tuple(n.weight.shape) for n in made.norms] == [(L, d)] * 3
+    assert [tuple(layer.weight.shape) for layer in made.hidden] == [(L, d, d)] * 2
+    assert made.output.weight.shape == (L, d, 6)
+    # the mask is the code's tril(ones(L, H + L - 1), H - 1) repeated over each element's d units
+    expected = torch.ones(L, H + L - 1).tril(H - 1).bool().repeat_interleave(d, 0)
+    assert torch.equal(made.first.mask, expected)
+
+
+@pytest.mark.parametrize("low_level", ["lstm", "made"])
+def test_low_level_sampling_is_consistent_with_its_likelihood(low_level):
+    """Bernoulli low level over L=2: probabilities sum to 1 and sample frequencies match exp(log p)."""
     torch.manual_seed(0)
-    head = HierarchicalOutput(3, 2, low_level="lstm", distribution="bernoulli", lstm_size=8, embed_size=4).double()
+    head = hierarchical_output(low_level, 2, 3, d_emb=4, d_low=8, made_layers=1, distribution="bernoulli").double()
     h = torch.randn(3, dtype=torch.float64)
     grid = torch.tensor(list(itertools.product([0.0, 1.0], repeat=2)), dtype=torch.float64)
     probs = head(h.expand(4, 3), grid).exp()
@@ -159,4 +198,4 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="distribution"):
         MADE(4, (8,), distribution="poisson")
     with pytest.raises(ValueError, match="low_level"):
-        HierarchicalOutput(4, 4, low_level="gru")
+        hierarchical_output("gru", 4, 4, d_emb=4, d_low=4)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Categorical, Independent, MixtureSameFamily, Normal
 
-from fastlv.nn import (DeltaRNN, FlatRNN, FlatSRNN, FraccaroSRNN, FRNN, HierRNN, HierSRNN, LowLevelLSTM, LowLevelMADE,
+from fastlv.nn import (DeltaRNN, FlatRNN, FlatSRNN, FraccaroSRNN, FRNN, HierRNN, HierSRNN,
                        SimplifiedSRNN, SISRNN, STORN, VRNN, ZForcingSRNN, observation_head)
 
 
@@ -41,6 +41,8 @@ TINY = {  # name -> (class, keyword arguments); frame size is the first argument
     "HierRNN-made": (HierRNN, dict(d_emb=8, d_rnn=12, n_components=3, low_level="made", d_low=10)),
     "HierSRNN": (HierSRNN, dict(d_emb=8, d_rnn=12, n_components=2, **LATENT)),
     "HierSRNN-made": (HierSRNN, dict(d_emb=8, d_rnn=12, n_components=2, low_level="made", d_low=10, **LATENT)),
+    "HierRNN-made-per-dimension": (HierRNN, dict(d_emb=8, d_rnn=12, n_components=3, low_level="made", d_low=4,
+                                                 made_layers=3, per_dimension=True)),
 }
 LATENT_MODELS = [n for n, (cls, _) in TINY.items() if cls.is_latent]
 
@@ -155,19 +157,6 @@ def test_simplified_srnn_generative_path_is_causal(name):
                                model._reconstruct(changed, forward_changed, z)[:, :t + 1])
 
 
-@pytest.mark.parametrize("low_level", [LowLevelLSTM(5, 6, 4, 7, n_components=2), LowLevelMADE(5, 6, 9, n_components=2),
-                                       LowLevelMADE(5, 6, 9, output="bernoulli")], ids=["lstm", "made", "made-bernoulli"])
-def test_low_level_is_autoregressive_within_the_frame(low_level):
-    """Element i's output parameters see h_t and x_t,<i only (Eq. 13-14)."""
-    h, x = torch.randn(3, 2, 6), torch.randn(3, 2, 5)
-    params = low_level.element_params(h, x)
-    for i in range(5):
-        changed = x.clone()
-        changed[..., i:] = torch.randn_like(changed[..., i:])
-        torch.testing.assert_close(low_level.element_params(h, changed)[..., :i + 1, :], params[..., :i + 1, :])
-    assert not torch.allclose(low_level.element_params(h + 1, x)[..., 0, :], params[..., 0, :])
-
-
 # ----------------------------------------------------------------------------------------------- bounds
 
 BOUND_MODELS = ["SimplifiedSRNN", "FlatSRNN", "ZForcingSRNN-flat", "VRNN", "STORN", "FraccaroSRNN", "HierSRNN"]
@@ -228,6 +217,29 @@ PAPER_COUNTS = [  # (class, configuration, count the paper reports, relative tol
 ]
 
 
+
+
+def perm_timit_reference_count(d_emb, d_rnn, n_components, srnn, d_mlp=256, d_latent=256, L=200, d_nade=64, layers=3):
+    """Parameters of the re-examination code's rnn_hier_nade / srnn_hier_nade from its tensor shapes:
+    embedding, LSTMs (and the SRNN's MLPs), nade_w_0 [L, H + L - 1, d] + b_0 [L, d], LayerNorm([L, d]) per
+    layer, nade_w_l [L, d, d] + b_l, and the GMM criterion's three [d, L, K] weights + [L, K] biases."""
+    def lstm(n_in, n_out):
+        return 4 * n_out * (n_in + n_out) + 8 * n_out
+    high = d_emb * (L + 1) + lstm(d_emb, d_rnn)
+    if srnn:
+        mlp = lambda n_in: n_in * d_mlp + d_mlp + d_mlp * 2 * d_latent + 2 * d_latent
+        high += lstm(d_emb, d_rnn) + mlp(d_rnn) + mlp(2 * d_rnn) + lstm(d_rnn + d_latent, d_rnn)
+    low = L * (d_rnn + L - 1) * d_nade + L * d_nade + layers * 2 * L * d_nade
+    low += (layers - 1) * (L * d_nade * d_nade + L * d_nade) + 3 * (d_nade * L * n_components + L * n_components)
+    return high + low
+
+
+SHAPE_COUNTS = [  # (class, configuration, count from the reference code's shapes, its README's count)
+    (HierRNN, "perm_timit", perm_timit_reference_count(256, 512, 20, srnn=False), 17_094_012),
+    (HierSRNN, "perm_timit", perm_timit_reference_count(256, 536, 1, srnn=True), 17_076_076),
+]
+
+
 def test_parameter_counts_of_named_configurations(capsys):
     rows = []
     with torch.device("meta"):
@@ -235,13 +247,17 @@ def test_parameter_counts_of_named_configurations(capsys):
             rows.append((cls.__name__, config, cls.from_config(config).num_parameters(), expected, source))
         for cls, config, expected, rtol in PAPER_COUNTS:
             rows.append((cls.__name__, config, cls.from_config(config).num_parameters(), expected, f"paper, rtol {rtol}"))
+        for cls, config, expected, readme in SHAPE_COUNTS:
+            rows.append((cls.__name__, config, cls.from_config(config).num_parameters(), expected,
+                         f"reexamine-srnn code's shapes (its README says {readme:,d})"))
     with capsys.disabled():
         print("\nmodel / config / fastlv / reference")
         for row in rows:
             print("  {:16s} {:16s} {:>12,d} {:>12,d}  {}".format(*row))
-    for (name, config, count, expected, _), in zip(rows[:len(REFERENCE_COUNTS)]):
+    n_exact, n_paper = len(REFERENCE_COUNTS), len(PAPER_COUNTS)
+    for name, config, count, expected, _ in rows[:n_exact] + rows[n_exact + n_paper:]:
         assert count == expected, (name, config)
-    for (name, config, count, expected, _), (_, _, _, rtol) in zip(rows[len(REFERENCE_COUNTS):], PAPER_COUNTS):
+    for (name, config, count, expected, _), (_, _, _, rtol) in zip(rows[n_exact:n_exact + n_paper], PAPER_COUNTS):
         assert abs(count - expected) <= rtol * expected, (name, config)
 
 

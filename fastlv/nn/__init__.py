@@ -3,8 +3,8 @@ from fastlv.nn.base import SequenceModel, SequenceOutput
 from fastlv.nn.gmm import DiagGaussianMixture, GaussianMixture, GMMHead
 from fastlv.nn.heads import ObservationHead, observation_head
 from fastlv.nn.latent import DiagGaussianLatent, gaussian_head
-from fastlv.nn.made import (MADE, ElementDistribution, HierarchicalOutput, MaskedLinear, PerDimensionLinear,
-                            hidden_degrees, input_degrees, made_mask)
-from fastlv.nn.models import (DeltaRNN, FlatRNN, FlatSRNN, FraccaroSRNN, FRNN, HierRNN, HierSRNN, LowLevelLSTM,
-                              LowLevelMADE, SimplifiedSRNN, SISRNN, STORN, VRNN, ZForcingSRNN)
+from fastlv.nn.made import (MADE, ElementDistribution, HierarchicalOutput, LowLevelLSTM, LowLevelMADE, MaskedLinear,
+                            PerDimensionLinear, hidden_degrees, input_degrees, made_mask)
+from fastlv.nn.models import (DeltaRNN, FlatRNN, FlatSRNN, FraccaroSRNN, FRNN, HierRNN, HierSRNN, SimplifiedSRNN,
+                              SISRNN, STORN, VRNN, ZForcingSRNN)
 from fastlv.nn.wavenet import TCN, TCNOutput, WaveNetBlock

@@ -1,4 +1,4 @@
-"""MADE and the hierarchical output head of RNN-hier / SRNN-hier.
+"""MADE and the hierarchical output heads (low levels) of RNN-hier / SRNN-hier.
 
 Dai et al. 2019, Sec. 5.2, Eq. 13-14 factorize each multivariate step autoregressively,
 p(x_t | h_t) = prod_i p(x_{t,i} | x_{t,<i}, h_t), with a low-level model g_{t,i} = f_low(x_{t,<i}, h_t):
@@ -9,6 +9,9 @@ MADE (Germain et al. 2015, Sec. 4): every unit k gets a degree m(k); the inputs 
 an output of degree d the hidden units of degree < d, so output i depends on exactly the inputs before
 it in the order. The context h_t enters as extra inputs of degree 0, which every unit sees. The masked
 layers run on :func:`fastlv.ops.masked_linear`, which computes only the blocks the masks keep.
+
+The low levels are :class:`fastlv.nn.heads.ObservationHead` s (``log_prob(h, x)``, ``sample(h)``), so
+:class:`fastlv.nn.HierRNN` / :class:`fastlv.nn.HierSRNN` plug them in as their output model.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastlv.nn.gmm import GaussianMixture
+from fastlv.nn.heads import ObservationHead
 from fastlv.ops._common import reduce
 from fastlv.ops.gmm import gmm_log_prob
 from fastlv.ops.masked_linear import masked_linear
@@ -86,6 +90,20 @@ class PerDimensionLinear(nn.Module):
         return torch.einsum("...li,lio->...lo", x, self.weight) + self.bias
 
 
+class PerDimensionLayerNorm(nn.Module):
+    """LayerNorm of each data dimension's ``d`` units ``[..., L, d]`` with its own affine ``[L, d]``: the
+    parameters of the re-examination code's ``LayerNorm([L, d])``, normalized per element so that element
+    i's statistics see only its own units (x_{<i})."""
+
+    def __init__(self, n_dims: int, features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n_dims, features))
+        self.bias = nn.Parameter(torch.zeros(n_dims, features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+
 class ElementDistribution:
     """Per-element output distribution from ``[..., L, n_params]`` parameters: ``"gmm"`` (``n_components``
     Gaussians: logits, mu, log_sigma; the fused :func:`fastlv.ops.gmm_log_prob`) or ``"bernoulli"``
@@ -123,10 +141,13 @@ class MADE(nn.Module):
       inputs up to their degree, then a masked output layer with the parameters of every element;
     - ``per_dimension=d``: the causally masked MLP without parameter sharing of Dai et al. 2019,
       Sec. 5.2 (Perm-TIMIT): element i gets its own ``d`` hidden units on ``[h_t, x_{<i}]`` (one
-      masked layer of ``L * d`` units), LayerNorm + ReLU, ``len(hidden_sizes) - 1`` further
-      per-element ``d x d`` layers (each LayerNorm + ReLU), and a per-element output layer. The
-      re-examination code normalizes jointly over ``[L, d]``, which lets output i see x_{>=i} through
-      the statistics; here LayerNorm runs per element over ``d``, which keeps the model autoregressive.
+      masked layer of ``L * d`` units on the context and the L - 1 inputs that precede some element,
+      i.e. the re-examination code's ``[L, H + L - 1, d]`` weights), LayerNorm + ReLU,
+      ``len(hidden_sizes) - 1`` further per-element ``d x d`` layers (each LayerNorm + ReLU), and a
+      per-element output layer. The re-examination code normalizes jointly over ``[L, d]``, which lets
+      output i see x_{>=i} through the statistics; here each element is normalized over its ``d`` units
+      (:class:`PerDimensionLayerNorm`, the same ``[L, d]`` affine parameters), which keeps the model
+      autoregressive.
 
     Output distribution per element: ``"gmm"`` (``n_components`` Gaussians: logits, mu, log_sigma; the
     fused :func:`fastlv.ops.gmm_log_prob`) or ``"bernoulli"`` (one logit; piano rolls).
@@ -167,16 +188,21 @@ class MADE(nn.Module):
             self.output = MaskedLinear(made_mask(previous, out_degrees, strict=True))
         else:
             d = per_dimension
+            # The last input in the order precedes no element: the first layer skips it.
+            self.register_buffer("feeding", degrees.argsort()[:-1].sort().values)
+            first_in = torch.cat([first_in[:context_size], degrees[self.feeding]])
             # Element i's units see [h, x_j] for x_j before x_i: strict against the inputs.
             first_mask = made_mask(first_in, degrees.repeat_interleave(d), strict=True)
             self.first = MaskedLinear(first_mask)
-            self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in hidden_sizes)
+            self.norms = nn.ModuleList(PerDimensionLayerNorm(n_inputs, d) for _ in hidden_sizes)
             self.hidden = nn.ModuleList(PerDimensionLinear(n_inputs, d, d) for _ in hidden_sizes[1:])
             self.output = PerDimensionLinear(n_inputs, d, self.n_params)
 
     def _first_input(self, x: Tensor, context: Tensor | None) -> Tensor:
         if x.shape[-1] != self.n_inputs:
             raise ValueError(f"fastlv: x must end in n_inputs = {self.n_inputs}, got shape {tuple(x.shape)}")
+        if self.per_dimension is not None:
+            x = x[..., self.feeding]
         if self.context_size == 0:
             if context is not None:
                 raise ValueError("fastlv: this MADE has no context (context_size=0) but a context was given")
@@ -217,93 +243,113 @@ class MADE(nn.Module):
         return x
 
 
-class LowLevelLSTM(nn.Module):
-    """The speech configuration's low level (Dai et al. 2019, Sec. 5.2): an LSTM over the L elements of a
-    step with input [embedding of x_{t,j}, h_t] and a learned initial state, its outputs shifted so that
-    element j's features g_{t,j} see only x_{t,<j}; then an output layer per element (no parameter
-    sharing, as in the re-examination code), giving ``[..., L, n_params]``."""
-
-    def __init__(self, n_inputs: int, context_size: int, hidden_size: int, embed_size: int, n_params: int,
-                 num_layers: int = 1):
-        super().__init__()
-        self.embed = nn.Linear(1, embed_size)
-        self.lstm = nn.LSTM(embed_size + context_size, hidden_size, num_layers=num_layers, batch_first=True)
-        for i in range(num_layers):
-            nn.init.orthogonal_(getattr(self.lstm, f"weight_hh_l{i}"))
-        self.init_h = nn.Parameter(torch.empty(num_layers, hidden_size).uniform_(-0.01, 0.01))
-        self.init_c = nn.Parameter(torch.empty(num_layers, hidden_size).uniform_(-0.01, 0.01))
-        self.output = PerDimensionLinear(n_inputs, hidden_size, n_params)
-
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        batch = x.shape[:-1]
-        x = x.reshape(-1, x.shape[-1], 1)  # [B', L, 1]
-        n = x.shape[0]
-        inputs = torch.cat([self.embed(x), context.reshape(n, 1, -1).expand(-1, x.shape[1], -1)], -1)
-        h0 = self.init_h[:, None].expand(-1, n, -1).contiguous()
-        c0 = self.init_c[:, None].expand(-1, n, -1).contiguous()
-        out, _ = self.lstm(inputs, (h0, c0))
-        # g_j = LSTM output after x_{<j}: the initial state for j = 0, then the outputs shifted by one.
-        features = torch.cat([h0[-1][:, None], out[:, :-1]], 1)
-        return self.output(features).reshape(*batch, *features.shape[1:2], -1)
-
-    @torch.no_grad()
-    def sample(self, context: Tensor, dist: ElementDistribution) -> Tensor:
-        """Draw x ``[..., L]`` element by element (L sequential LSTM steps)."""
-        batch = context.shape[:-1]
-        context = context.reshape(-1, 1, context.shape[-1])
-        n, L = context.shape[0], self.output.weight.shape[0]
-        state = (self.init_h[:, None].expand(-1, n, -1).contiguous(), self.init_c[:, None].expand(-1, n, -1).contiguous())
-        g, xs = state[0][-1], []
-        for j in range(L):
-            params = torch.einsum("ni,io->no", g, self.output.weight[j]) + self.output.bias[j]
-            xs.append(dist.sample(params[:, None])[:, 0])
-            step_input = torch.cat([self.embed(xs[-1][:, None, None]), context], -1)
-            out, state = self.lstm(step_input, state)
-            g = out[:, 0]
-        return torch.stack(xs, -1).reshape(*batch, L)
 
 
-class HierarchicalOutput(nn.Module):
-    """Output head of RNN-hier / SRNN-hier (Dai et al. 2019, Sec. 5.2, Eq. 13-14):
-    log p(x_t | h_t) = sum_i log p(x_{t,i} | x_{t,<i}, h_t), with the low level a MADE
-    (``low_level="made"``: Perm-TIMIT, music) or an LSTM over the elements (``"lstm"``: speech).
+class HierarchicalOutput(ObservationHead):
+    """Output model of RNN-hier / SRNN-hier (Dai et al. 2019, Sec. 5.2, Eq. 13-14):
+    log p(x_t | h_t) = sum_i log p(x_{t,i} | x_{t,<i}, h_t), the element parameters from a low level
+    g_{t,i} = f_low(x_{t,<i}, h_t): :class:`LowLevelMADE` (Perm-TIMIT, music) or :class:`LowLevelLSTM`
+    (speech). Subclasses give ``element_params(h, x) -> [..., L, n_params]`` and ``sample(h)``.
 
-    ``head(h, x)`` takes h ``[B, T, H]`` and x ``[B, T, L]`` and returns log p(x_t | h_t) ``[B, T]``;
-    ``head.loss(h, x)`` the negative log-likelihood (``reduction``/``mask`` as in
-    :func:`fastlv.ops.gmm_log_prob`); ``head.sample(h)`` draws x ``[B, T, L]``.
+    ``head(h, x)`` = ``head.log_prob(h, x)`` takes h ``[..., H]`` and x ``[..., L]`` and returns
+    log p(x_t | h_t) ``[...]``; ``head.loss(h, x)`` the negative log-likelihood (``reduction`` / ``mask``
+    as in :func:`fastlv.ops.gmm_log_prob`)."""
+    dist: ElementDistribution
 
-    Args:
-        hidden_size: H. n_inputs: L.
-        low_level: ``"made"`` or ``"lstm"``.
-        made_hidden, per_dimension, order: the MADE's hidden sizes / layout / order (see :class:`MADE`).
-        lstm_size, embed_size, lstm_layers: the low-level LSTM (the re-examination code uses the
-            high level's size for both).
-        distribution, n_components: per-element output distribution (``"gmm"`` or ``"bernoulli"``).
-    """
+    def element_params(self, h: Tensor, x: Tensor) -> Tensor:
+        raise NotImplementedError
 
-    def __init__(self, hidden_size: int, n_inputs: int, *, low_level: str = "made",
-                 distribution: str = "gmm", n_components: int = 20, made_hidden: Sequence[int] = (512, 512),
-                 per_dimension: int | None = None, order: str | Sequence[int] = "natural", seed: int = 0,
-                 lstm_size: int | None = None, embed_size: int = 512, lstm_layers: int = 1):
-        super().__init__()
-        if low_level == "made":
-            self.low = MADE(n_inputs, made_hidden, context_size=hidden_size, distribution=distribution,
-                            n_components=n_components, order=order, per_dimension=per_dimension, seed=seed)
-            self.dist = self.low.dist
-        elif low_level == "lstm":
-            self.dist = ElementDistribution(distribution, n_components)
-            self.low = LowLevelLSTM(n_inputs, hidden_size, lstm_size or hidden_size, embed_size,
-                                    self.dist.n_params, lstm_layers)
-        else:
-            raise ValueError(f"fastlv: low_level must be 'made' or 'lstm', got {low_level!r}")
-        self.low_level = low_level
+    def log_prob(self, h: Tensor, x: Tensor) -> Tensor:
+        return self.dist.log_prob(x, self.element_params(h, x)).sum(-1)
 
     def forward(self, h: Tensor, x: Tensor) -> Tensor:
-        return self.dist.log_prob(x, self.low(x, h)).sum(-1)
+        return self.log_prob(h, x)
 
     def loss(self, h: Tensor, x: Tensor, *, reduction: str = "mean", mask: Tensor | None = None) -> Tensor:
-        return -reduce(self(h, x), reduction, mask)
+        return -reduce(self.log_prob(h, x), reduction, mask)
+
+
+class LowLevelMADE(HierarchicalOutput):
+    """MADE low level (Germain et al. 2015; Dai et al. Sec. 5.2 on Perm-TIMIT): a :class:`MADE` over the
+    frame's L elements with h_t as its degree-0 context, shared masked layers ``hidden_sizes`` or the
+    re-examination code's per-dimension layout (``per_dimension=d``, ``len(hidden_sizes)`` layers)."""
+
+    def __init__(self, frame_size: int, d_high: int, hidden_sizes: Sequence[int] = (512, 512), *,
+                 distribution: str = "gmm", n_components: int = 20, per_dimension: int | None = None,
+                 order: str | Sequence[int] = "natural", seed: int = 0):
+        super().__init__()
+        self.frame_size = frame_size
+        self.made = MADE(frame_size, hidden_sizes, context_size=d_high, distribution=distribution,
+                         n_components=n_components, order=order, per_dimension=per_dimension, seed=seed)
+        self.dist = self.made.dist
+
+    def element_params(self, h: Tensor, x: Tensor) -> Tensor:
+        return self.made(x, h)
 
     @torch.no_grad()
     def sample(self, h: Tensor) -> Tensor:
-        return self.low.sample(h) if self.low_level == "made" else self.low.sample(h, self.dist)
+        return self.made.sample(h)
+
+
+class LowLevelLSTM(HierarchicalOutput):
+    """LSTM low level (Dai et al. Sec. 5.2, speech): an LSTM over the L elements of a frame from a learned
+    initial state, with input [embedded x_{t,i-1}, h_t] at element i (x_{t,-1} = 0), so g_{t,i} has seen
+    h_t and x_{t,<i}; a per-element output layer (no parameter sharing, :class:`PerDimensionLinear`). All
+    frames run as one ``nn.LSTM`` batch. The re-examination code feeds x_{t,i} at element i and predicts
+    element 0 from the initial state alone, so there x_{t,0} ignores h_t; this shift has the same
+    parameters (the TIMIT counts are exact) and lets every element see h_t."""
+
+    def __init__(self, frame_size: int, d_high: int, d_emb: int, d_rnn: int, *, distribution: str = "gmm",
+                 n_components: int = 20, num_layers: int = 1):
+        super().__init__()
+        self.frame_size = frame_size
+        self.dist = ElementDistribution(distribution, n_components)
+        self.embed = nn.Linear(1, d_emb)
+        self.rnn = nn.LSTM(d_emb + d_high, d_rnn, num_layers=num_layers, batch_first=True)
+        for i in range(num_layers):
+            nn.init.orthogonal_(getattr(self.rnn, f"weight_hh_l{i}"))
+        self.init_h = nn.Parameter(torch.empty(num_layers, d_rnn).uniform_(-0.01, 0.01))
+        self.init_c = nn.Parameter(torch.empty(num_layers, d_rnn).uniform_(-0.01, 0.01))
+        self.output = PerDimensionLinear(frame_size, d_rnn, self.dist.n_params)
+
+    def _initial(self, n: int) -> tuple[Tensor, Tensor]:
+        return self.init_h[:, None].expand(-1, n, -1).contiguous(), self.init_c[:, None].expand(-1, n, -1).contiguous()
+
+    def element_params(self, h: Tensor, x: Tensor) -> Tensor:
+        """Parameters of every element ``[..., L, n_params]``; element i's see h_t and x_{t,<i} only."""
+        batch, L = torch.broadcast_shapes(h.shape[:-1], x.shape[:-1]), self.frame_size
+        previous = F.pad(x.expand(*batch, L).reshape(-1, L, 1), (0, 0, 1, 0))[:, :-1]  # element i gets x_{t,i-1}
+        h = h.expand(*batch, -1).reshape(-1, 1, h.shape[-1]).expand(-1, L, -1)
+        g, _ = self.rnn(torch.cat([self.embed(previous), h], -1), self._initial(previous.shape[0]))
+        return self.output(g).view(*batch, L, -1)
+
+    @torch.no_grad()
+    def sample(self, h: Tensor) -> Tensor:
+        """Draw x ``[..., L]`` element by element (L sequential LSTM steps)."""
+        batch = h.shape[:-1]
+        h = h.reshape(-1, 1, h.shape[-1])
+        state = self._initial(h.shape[0])
+        value, values = h.new_zeros(h.shape[0]), []
+        for i in range(self.frame_size):
+            g, state = self.rnn(torch.cat([self.embed(value[:, None, None]), h], -1), state)
+            params = g[:, 0] @ self.output.weight[i] + self.output.bias[i]
+            value = self.dist.sample(params[:, None])[:, 0]
+            values.append(value)
+        return torch.stack(values, -1).view(*batch, self.frame_size)
+
+
+LOW_LEVELS = ("lstm", "made")
+
+
+def hierarchical_output(low_level: str, frame_size: int, d_high: int, *, d_emb: int, d_low: int,
+                        made_layers: int = 2, per_dimension: bool = False, distribution: str = "gmm",
+                        n_components: int = 20) -> HierarchicalOutput:
+    """The low level of a hierarchical model: ``"lstm"`` (:class:`LowLevelLSTM`, embedding ``d_emb``, width
+    ``d_low``) or ``"made"`` (:class:`LowLevelMADE`, ``made_layers`` layers of ``d_low`` units, or of
+    ``d_low`` units per element with ``per_dimension``)."""
+    if low_level == "lstm":
+        return LowLevelLSTM(frame_size, d_high, d_emb, d_low, distribution=distribution, n_components=n_components)
+    if low_level == "made":
+        return LowLevelMADE(frame_size, d_high, (d_low,) * made_layers, distribution=distribution,
+                            n_components=n_components, per_dimension=d_low if per_dimension else None)
+    raise ValueError(f"fastlv: low_level must be one of {LOW_LEVELS}, got {low_level!r}")

@@ -1,6 +1,6 @@
 """The recurrent models of the papers, each a small nn.Module on the fused ops (see each class)."""
 from fastlv.nn.models.fraccaro import FraccaroSRNN
-from fastlv.nn.models.hier import HierRNN, HierSRNN, LowLevelLSTM, LowLevelMADE
+from fastlv.nn.models.hier import HierRNN, HierSRNN
 from fastlv.nn.models.rnn import DeltaRNN, FlatRNN, FRNN
 from fastlv.nn.models.sisrnn import SISRNN
 from fastlv.nn.models.srnn import FlatSRNN, SimplifiedSRNN
@@ -8,4 +8,4 @@ from fastlv.nn.models.vrnn import STORN, VRNN
 from fastlv.nn.models.zforcing import ZForcingSRNN
 
 __all__ = ["FRNN", "FlatRNN", "DeltaRNN", "SimplifiedSRNN", "FlatSRNN", "ZForcingSRNN", "FraccaroSRNN", "VRNN",
-           "STORN", "SISRNN", "HierRNN", "HierSRNN", "LowLevelLSTM", "LowLevelMADE"]
+           "STORN", "SISRNN", "HierRNN", "HierSRNN"]
