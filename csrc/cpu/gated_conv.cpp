@@ -26,7 +26,7 @@
 #include <tuple>
 #include <vector>
 
-#include "common/checks.h"
+#include "common/gated_conv_checks.h"
 #include "common/gated_conv_math.h"
 #include "cpu/vec_math.h"
 
@@ -88,40 +88,12 @@ void gate_backward_rows(const scalar_t* grad, const scalar_t* pre, int64_t r0, i
 // Time shift of tap j: tap k - 1 reads step t, tap j reads step t - (k - 1 - j) * dilation.
 int64_t tap_shift(int64_t j, int64_t k, int64_t dilation) { return (k - 1 - j) * dilation; }
 
-// [B, C, T] (any strides) -> contiguous [T * B, C].
-at::Tensor time_major(const at::Tensor& t) {
-  return t.permute({2, 0, 1}).contiguous().view({t.size(2) * t.size(0), t.size(1)});
-}
-
-void check_conv_args(const at::Tensor& x, const at::Tensor& weight, int64_t dilation) {
-  check_float(x, "x");
-  check_same(weight, x, "weight", "x");
-  TORCH_CHECK(x.dim() == 3, "fastlv: x must have shape [B, C_in, T], got ", x.sizes());
-  TORCH_CHECK(weight.dim() == 3 && weight.size(0) % 2 == 0 && weight.size(1) == x.size(1) && weight.size(2) >= 1,
-              "fastlv: weight must have shape [2 * C_out, C_in, k] with C_in = ", x.size(1), " and k >= 1, got ",
-              weight.sizes());
-  TORCH_CHECK(dilation >= 1, "fastlv: dilation must be >= 1, got ", dilation);
-}
-
 std::tuple<at::Tensor, at::Tensor> gated_causal_conv1d_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                            const at::Tensor& bias, int64_t dilation,
                                                            const c10::optional<at::Tensor>& cond) {
-  check_conv_args(x, weight, dilation);
+  check_conv_forward_args(x, weight, bias, dilation, cond);
   const int64_t B = x.size(0), T = x.size(2), C2 = weight.size(0), C = C2 / 2, k = weight.size(2);
-  check_same(bias, x, "bias", "x");
-  check_shape(bias, {C2}, "bias");
-  at::Tensor cond_rows;  // [T * B, 2C] (local) or [B, 2C] (global)
-  const bool has_cond = cond.has_value() && cond->defined();
-  bool cond_local = false;
-  if (has_cond) {
-    check_same(*cond, x, "cond", "x");
-    TORCH_CHECK(cond->dim() == 3 && cond->size(0) == B && cond->size(1) == C2 &&
-                    (cond->size(2) == T || cond->size(2) == 1),
-                "fastlv: cond must have shape [B, 2 * C_out, T] (local) or [B, 2 * C_out, 1] (global) = [", B,
-                ", ", C2, ", ", T, " or 1], got ", cond->sizes());
-    cond_local = cond->size(2) == T && T != 1;
-    cond_rows = cond_local ? time_major(*cond) : cond->select(2, 0).contiguous();
-  }
+  const CondRows cond_rows = cond_rows_of(cond, T);
   const at::Tensor x_rows = time_major(x);                      // [T * B, C_in]
   const at::Tensor w_taps = weight.permute({2, 0, 1}).contiguous();  // [k, 2C, C_in]
   const at::Tensor bias_c = bias.contiguous();
@@ -138,9 +110,9 @@ std::tuple<at::Tensor, at::Tensor> gated_causal_conv1d_cpu(const at::Tensor& x, 
     scalar_t* pre_p = pre.data_ptr<scalar_t>();
     scalar_t* out_p = out.data_ptr<scalar_t>();
     const scalar_t* bias_p = bias_c.data_ptr<scalar_t>();
-    const scalar_t* cond_p = has_cond ? cond_rows.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* cond_p = cond_rows.rows.defined() ? cond_rows.rows.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, T * B, kRowsPerTask, [&](int64_t r0, int64_t r1) {
-      gate_rows(pre_p, bias_p, cond_p, cond_local, r0, r1, B, C, out_p);
+      gate_rows(pre_p, bias_p, cond_p, cond_rows.local, r0, r1, B, C, out_p);
     });
   });
   return {out.permute({1, 2, 0}), pre};
@@ -149,12 +121,9 @@ std::tuple<at::Tensor, at::Tensor> gated_causal_conv1d_cpu(const at::Tensor& x, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_causal_conv1d_backward_cpu(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& pre,
     int64_t dilation) {
-  check_conv_args(x, weight, dilation);
+  check_conv_backward_args(grad, x, weight, pre, dilation);
   const int64_t B = x.size(0), C_in = x.size(1), T = x.size(2), C2 = weight.size(0), C = C2 / 2,
                 k = weight.size(2);
-  check_same(pre, x, "pre", "x");
-  check_shape(pre, {T, B, C2}, "pre");
-  check_shape(grad, {B, C, T}, "grad");
   const at::Tensor grad_rows = time_major(grad.to(x.scalar_type()));  // [T * B, C]
   const at::Tensor pre_c = pre.contiguous();
   at::Tensor d_pre = at::empty({T, B, C2}, x.options());

@@ -23,7 +23,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "common/checks.h"
+#include "common/gaussian_checks.h"
 #include "common/gaussian_math.h"
 #include "common/philox.h"
 #include "cpu/vec_math.h"
@@ -301,51 +301,6 @@ void precision_weighted_backward_kernel(const scalar_t* g_mu, const scalar_t* g_
 
 // ---- torch glue ----
 
-using OptTensor = std::optional<at::Tensor>;
-
-// Rows of a [..., D] tensor: (N, D); N = the product of the batch dimensions (also when D == 0).
-std::pair<int64_t, int64_t> rows_of(const at::Tensor& t) {
-  const int64_t D = t.size(-1);
-  int64_t N = 1;
-  for (int64_t s : t.sizes().slice(0, t.dim() - 1)) N *= s;
-  return {N, D};
-}
-
-// The optional inputs present together, same shape/dtype/device as mu_q.
-void check_latent_args(const at::Tensor& mu_q, const at::Tensor& lv_q, const OptTensor& mu_p, const OptTensor& lv_p,
-                       const OptTensor& eps, const OptTensor& seed, bool sample, bool kl, bool precision_weighted) {
-  check_float(mu_q, "mu_q");
-  TORCH_CHECK(mu_q.dim() >= 1, "fastlv: mu_q must have a trailing latent dimension");
-  check_same(lv_q, mu_q, "logvar_q", "mu_q");
-  check_shape(lv_q, mu_q.sizes(), "logvar_q");
-  TORCH_CHECK(mu_p.has_value() == lv_p.has_value(), "fastlv: mu_p and logvar_p must be given together");
-  if (mu_p) {
-    check_same(*mu_p, mu_q, "mu_p", "mu_q");
-    check_same(*lv_p, mu_q, "logvar_p", "mu_q");
-    check_shape(*mu_p, mu_q.sizes(), "mu_p");
-    check_shape(*lv_p, mu_q.sizes(), "logvar_p");
-  }
-  if (sample) {
-    TORCH_CHECK(eps.has_value() != seed.has_value(), "fastlv: sampling needs exactly one of eps and seed");
-  }
-  if (eps) {
-    check_same(*eps, mu_q, "eps", "mu_q");
-    check_shape(*eps, mu_q.sizes(), "eps");
-  }
-  if (seed) {
-    TORCH_CHECK(seed->scalar_type() == at::kLong && seed->numel() == 1,
-                "fastlv: seed must be a one-element int64 tensor, got ", seed->scalar_type(), " ", seed->sizes());
-  }
-  TORCH_CHECK(sample || kl, "fastlv: gaussian_sample_kl needs sample or kl");
-  TORCH_CHECK(!precision_weighted || mu_p.has_value(), "fastlv: the precision-weighted posterior needs a prior");
-}
-
-at::Tensor kl_output(const at::Tensor& mu_q, bool kl, bool elementwise) {
-  if (!kl) return at::empty({0}, mu_q.options());
-  return elementwise ? at::empty_like(mu_q, at::MemoryFormat::Contiguous)
-                     : at::empty(mu_q.sizes().slice(0, mu_q.dim() - 1), mu_q.options());
-}
-
 template <typename scalar_t>
 LatentInputs<scalar_t> latent_inputs(const at::Tensor& mu_q, const at::Tensor& lv_q, const OptTensor& mu_p,
                                      const OptTensor& lv_p, const OptTensor& eps, const OptTensor& seed,
@@ -363,8 +318,6 @@ LatentInputs<scalar_t> latent_inputs(const at::Tensor& mu_q, const at::Tensor& l
           elementwise,
           {scalar_t(mu_min), scalar_t(mu_max), scalar_t(lv_min), scalar_t(lv_max), scalar_t(free_bits)}};
 }
-
-OptTensor contiguous(const OptTensor& t) { return t ? OptTensor(t->contiguous()) : std::nullopt; }
 
 std::tuple<at::Tensor, at::Tensor> gaussian_sample_kl_cpu(
     const at::Tensor& mu_q, const at::Tensor& logvar_q, const OptTensor& mu_p, const OptTensor& logvar_p,
@@ -395,20 +348,9 @@ std::vector<at::Tensor> gaussian_sample_kl_backward_cpu(
     bool kl, bool precision_weighted, bool elementwise, double free_bits, double mu_min, double mu_max,
     double logvar_min, double logvar_max) {
   check_latent_args(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl, precision_weighted);
-  TORCH_CHECK(grad_z.has_value() == sample, "fastlv: grad_z must be given exactly when sampling");
-  TORCH_CHECK(grad_kl.has_value() == kl, "fastlv: grad_kl must be given exactly when computing the KL");
+  const auto [gz, gkl] = latent_output_grads(grad_z, grad_kl, mu_q, sample, kl, elementwise);
   const auto mqc = mu_q.contiguous(), lqc = logvar_q.contiguous();
   const auto mpc = contiguous(mu_p), lpc = contiguous(logvar_p), ec = sample ? contiguous(eps) : std::nullopt;
-  at::Tensor gz, gkl;
-  if (sample) {
-    check_shape(*grad_z, mu_q.sizes(), "grad_z");
-    gz = grad_z->contiguous().to(mu_q.scalar_type());
-  }
-  if (kl) {
-    const auto kl_shape = elementwise ? mu_q.sizes() : mu_q.sizes().slice(0, mu_q.dim() - 1);
-    check_shape(*grad_kl, kl_shape, "grad_kl");
-    gkl = grad_kl->contiguous().to(mu_q.scalar_type());
-  }
   std::vector<at::Tensor> grads = {at::empty_like(mqc), at::empty_like(lqc)};
   if (mu_p) grads.insert(grads.end(), {at::empty_like(mqc), at::empty_like(mqc)});
   AT_DISPATCH_FLOATING_TYPES(mu_q.scalar_type(), "gaussian_sample_kl_backward_cpu", [&] {
@@ -426,15 +368,6 @@ std::vector<at::Tensor> gaussian_sample_kl_backward_cpu(
                 " with", mu_p ? "" : "out", " a prior");
   });
   return grads;
-}
-
-void check_log_prob_args(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& logvar) {
-  check_float(x, "x");
-  TORCH_CHECK(x.dim() >= 1, "fastlv: x must have a trailing latent dimension");
-  check_same(mu, x, "mu", "x");
-  check_same(logvar, x, "logvar", "x");
-  check_shape(mu, x.sizes(), "mu");
-  check_shape(logvar, x.sizes(), "logvar");
 }
 
 at::Tensor gaussian_log_prob_cpu(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& logvar,
@@ -458,7 +391,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_log_prob_backward_cpu(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mu, const at::Tensor& logvar, bool elementwise,
     double mu_min, double mu_max, double logvar_min, double logvar_max) {
   check_log_prob_args(x, mu, logvar);
-  check_shape(grad, elementwise ? x.sizes() : x.sizes().slice(0, x.dim() - 1), "grad");
+  check_shape(grad, row_output_shape(x, elementwise), "grad");
   const auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), mc = mu.contiguous();
   const auto lc = logvar.contiguous();
   auto d_x = at::empty_like(xc), d_mu = at::empty_like(mc), d_logvar = at::empty_like(lc);
@@ -473,17 +406,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_log_prob_backward_cpu(
                                        d_logvar.mutable_data_ptr<scalar_t>());
   });
   return {d_x, d_mu, d_logvar};
-}
-
-void check_precision_weighted_args(const at::Tensor& mu_a, const at::Tensor& var_a, const at::Tensor& mu_b,
-                                   const at::Tensor& var_b) {
-  check_float(mu_a, "mu_a");
-  check_same(var_a, mu_a, "var_a", "mu_a");
-  check_same(mu_b, mu_a, "mu_b", "mu_a");
-  check_same(var_b, mu_a, "var_b", "mu_a");
-  check_shape(var_a, mu_a.sizes(), "var_a");
-  check_shape(mu_b, mu_a.sizes(), "mu_b");
-  check_shape(var_b, mu_a.sizes(), "var_b");
 }
 
 std::tuple<at::Tensor, at::Tensor> precision_weighted_cpu(const at::Tensor& mu_a, const at::Tensor& var_a,

@@ -42,7 +42,7 @@
 #include <tuple>
 #include <vector>
 
-#include "common/checks.h"
+#include "common/masked_linear_checks.h"
 #include "common/masked_linear_math.h"
 #include "cpu/vec_math.h"
 
@@ -400,41 +400,6 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
   });
 }
 
-Activation parse_activation(c10::string_view activation) {
-  if (activation == "none") return Activation::kNone;
-  if (activation == "relu") return Activation::kRelu;
-  TORCH_CHECK(false, "fastlv: activation must be 'none' or 'relu', got '", std::string(activation), "'");
-}
-
-void check_masked_linear_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
-                              const std::optional<at::Tensor>& bias) {
-  check_float(x, "x");
-  check_same(weight, x, "weight", "x");
-  TORCH_CHECK(weight.dim() == 2, "fastlv: weight must be 2-D [out, in], got shape ", weight.sizes());
-  TORCH_CHECK(mask.device() == weight.device(), "fastlv: mask is on ", mask.device(), " but weight is on ",
-              weight.device());
-  check_shape(mask, weight.sizes(), "mask");
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "fastlv: x must end in in_features = ",
-              weight.size(1), " (weight is [out, in]), got shape ", x.sizes());
-  if (bias.has_value()) {
-    check_same(*bias, x, "bias", "x");
-    check_shape(*bias, {weight.size(0)}, "bias");
-  }
-}
-
-// x as a [rows, in] matrix (also when in == 0, where reshape(-1, in) is ambiguous).
-at::Tensor as_matrix(const at::Tensor& x, int64_t in) {
-  int64_t rows = 1;
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
-  return x.reshape({rows, in}).contiguous();
-}
-
-std::vector<int64_t> output_shape(const at::Tensor& x, int64_t out) {
-  std::vector<int64_t> shape = x.sizes().vec();
-  shape.back() = out;
-  return shape;
-}
-
 at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                              const std::optional<at::Tensor>& bias, c10::string_view activation) {
   check_masked_linear_args(x, weight, mask, bias);
@@ -457,10 +422,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
     const std::optional<at::Tensor>& output, c10::string_view activation) {
   check_masked_linear_args(x, weight, mask, std::nullopt);
   const Activation act = parse_activation(activation);
+  check_masked_linear_grad_args(grad, x, weight, output, act);
   const int64_t out = weight.size(0), in = weight.size(1);
-  check_shape(grad, output_shape(x, out), "grad");
-  TORCH_CHECK(act == Activation::kNone || output.has_value(), "fastlv: the relu backward needs the output");
-  if (output.has_value()) check_shape(*output, output_shape(x, out), "output");
   const at::Tensor x2 = as_matrix(x, in), wc = weight.contiguous();
   const at::Tensor g2 = as_matrix(grad.to(x.scalar_type()), out);
   const at::Tensor out2 = output.has_value() ? as_matrix(output->to(x.scalar_type()), out)

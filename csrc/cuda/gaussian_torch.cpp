@@ -13,47 +13,11 @@
 #include <tuple>
 #include <vector>
 
-#include "common/checks.h"
+#include "common/gaussian_checks.h"
 #include "cuda/gaussian.cuh"
 
 namespace fastlv {
 namespace {
-
-using OptTensor = std::optional<at::Tensor>;
-
-std::pair<int64_t, int64_t> rows_of(const at::Tensor& t) {
-  const int64_t D = t.size(-1);
-  int64_t N = 1;
-  for (int64_t s : t.sizes().slice(0, t.dim() - 1)) N *= s;
-  return {N, D};
-}
-
-void check_latent_args(const at::Tensor& mu_q, const at::Tensor& lv_q, const OptTensor& mu_p, const OptTensor& lv_p,
-                       const OptTensor& eps, const OptTensor& seed, bool sample) {
-  check_float(mu_q, "mu_q");
-  TORCH_CHECK(mu_q.dim() >= 1, "fastlv: mu_q must have a trailing latent dimension");
-  check_same(lv_q, mu_q, "logvar_q", "mu_q");
-  check_shape(lv_q, mu_q.sizes(), "logvar_q");
-  TORCH_CHECK(mu_p.has_value() == lv_p.has_value(), "fastlv: mu_p and logvar_p must be given together");
-  if (mu_p) {
-    check_same(*mu_p, mu_q, "mu_p", "mu_q");
-    check_same(*lv_p, mu_q, "logvar_p", "mu_q");
-    check_shape(*mu_p, mu_q.sizes(), "mu_p");
-    check_shape(*lv_p, mu_q.sizes(), "logvar_p");
-  }
-  if (sample) TORCH_CHECK(eps.has_value() != seed.has_value(), "fastlv: sampling needs exactly one of eps and seed");
-  if (eps) {
-    check_same(*eps, mu_q, "eps", "mu_q");
-    check_shape(*eps, mu_q.sizes(), "eps");
-  }
-  if (seed) {
-    TORCH_CHECK(seed->scalar_type() == at::kLong && seed->numel() == 1 && seed->device() == mu_q.device(),
-                "fastlv: seed must be a one-element int64 tensor on ", mu_q.device(), ", got ", seed->scalar_type(),
-                " ", seed->sizes(), " on ", seed->device());
-  }
-}
-
-OptTensor contiguous(const OptTensor& t) { return t ? OptTensor(t->contiguous()) : std::nullopt; }
 
 const void* data_or_null(const OptTensor& t) { return t ? t->const_data_ptr() : nullptr; }
 
@@ -73,13 +37,12 @@ std::tuple<at::Tensor, at::Tensor> gaussian_sample_kl_cuda(
     const at::Tensor& mu_q, const at::Tensor& logvar_q, const OptTensor& mu_p, const OptTensor& logvar_p,
     const OptTensor& eps, const OptTensor& seed, bool sample, bool kl, bool precision_weighted, bool elementwise,
     double free_bits, double mu_min, double mu_max, double logvar_min, double logvar_max) {
-  check_latent_args(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample);
+  check_latent_args(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl, precision_weighted);
   const c10::cuda::CUDAGuard device_guard(mu_q.device());
   const auto mqc = mu_q.contiguous(), lqc = logvar_q.contiguous();
   const auto mpc = contiguous(mu_p), lpc = contiguous(logvar_p), ec = contiguous(eps);
   auto z = sample ? at::empty_like(mqc) : at::empty({0}, mu_q.options());
-  auto kl_out = !kl ? at::empty({0}, mu_q.options())
-                    : elementwise ? at::empty_like(mqc) : at::empty(mqc.sizes().slice(0, mqc.dim() - 1), mqc.options());
+  auto kl_out = kl_output(mqc, kl, elementwise);
   const LatentLaunch call = latent_launch(mqc, lqc, mpc, lpc, ec, seed, sample, kl, precision_weighted, elementwise,
                                           free_bits, mu_min, mu_max, logvar_min, logvar_max);
   const bool supported = launch_gaussian_sample_kl_forward(call, sample ? z.mutable_data_ptr() : nullptr,
@@ -96,21 +59,11 @@ std::vector<at::Tensor> gaussian_sample_kl_backward_cuda(
     const OptTensor& mu_p, const OptTensor& logvar_p, const OptTensor& eps, const OptTensor& seed, bool sample,
     bool kl, bool precision_weighted, bool elementwise, double free_bits, double mu_min, double mu_max,
     double logvar_min, double logvar_max) {
-  check_latent_args(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample);
-  TORCH_CHECK(grad_z.has_value() == sample, "fastlv: grad_z must be given exactly when sampling");
-  TORCH_CHECK(grad_kl.has_value() == kl, "fastlv: grad_kl must be given exactly when computing the KL");
+  check_latent_args(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl, precision_weighted);
   const c10::cuda::CUDAGuard device_guard(mu_q.device());
+  const auto [gz, gkl] = latent_output_grads(grad_z, grad_kl, mu_q, sample, kl, elementwise);
   const auto mqc = mu_q.contiguous(), lqc = logvar_q.contiguous();
   const auto mpc = contiguous(mu_p), lpc = contiguous(logvar_p), ec = contiguous(eps);
-  at::Tensor gz, gkl;
-  if (sample) {
-    check_shape(*grad_z, mu_q.sizes(), "grad_z");
-    gz = grad_z->contiguous().to(mu_q.scalar_type());
-  }
-  if (kl) {
-    check_shape(*grad_kl, elementwise ? mu_q.sizes() : mu_q.sizes().slice(0, mu_q.dim() - 1), "grad_kl");
-    gkl = grad_kl->contiguous().to(mu_q.scalar_type());
-  }
   std::vector<at::Tensor> grads = {at::empty_like(mqc), at::empty_like(mqc)};
   if (mu_p) grads.insert(grads.end(), {at::empty_like(mqc), at::empty_like(mqc)});
   const LatentLaunch call = latent_launch(mqc, lqc, mpc, lpc, ec, seed, sample, kl, precision_weighted, elementwise,
@@ -125,22 +78,13 @@ std::vector<at::Tensor> gaussian_sample_kl_backward_cuda(
   return grads;
 }
 
-void check_log_prob_args(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& logvar) {
-  check_float(x, "x");
-  TORCH_CHECK(x.dim() >= 1, "fastlv: x must have a trailing latent dimension");
-  check_same(mu, x, "mu", "x");
-  check_same(logvar, x, "logvar", "x");
-  check_shape(mu, x.sizes(), "mu");
-  check_shape(logvar, x.sizes(), "logvar");
-}
-
 at::Tensor gaussian_log_prob_cuda(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& logvar,
                                   bool elementwise, double mu_min, double mu_max, double logvar_min,
                                   double logvar_max) {
   check_log_prob_args(x, mu, logvar);
   const c10::cuda::CUDAGuard device_guard(x.device());
   const auto xc = x.contiguous(), mc = mu.contiguous(), lc = logvar.contiguous();
-  auto out = elementwise ? at::empty_like(xc) : at::empty(xc.sizes().slice(0, xc.dim() - 1), xc.options());
+  auto out = kl_output(xc, true, elementwise);
   const auto [N, D] = rows_of(xc);
   launch_gaussian_log_prob_forward(launcher_dtype(x, "the Gaussian ops"), xc.const_data_ptr(), mc.const_data_ptr(), lc.const_data_ptr(), N,
                                  D, elementwise, float(mu_min), float(mu_max), float(logvar_min), float(logvar_max),
@@ -153,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_log_prob_backward_cuda(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mu, const at::Tensor& logvar, bool elementwise,
     double mu_min, double mu_max, double logvar_min, double logvar_max) {
   check_log_prob_args(x, mu, logvar);
-  check_shape(grad, elementwise ? x.sizes() : x.sizes().slice(0, x.dim() - 1), "grad");
+  check_shape(grad, row_output_shape(x, elementwise), "grad");
   const c10::cuda::CUDAGuard device_guard(x.device());
   const auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), mc = mu.contiguous();
   const auto lc = logvar.contiguous();
@@ -165,17 +109,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_log_prob_backward_cuda(
                                   d_logvar.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {d_x, d_mu, d_logvar};
-}
-
-void check_precision_weighted_args(const at::Tensor& mu_a, const at::Tensor& var_a, const at::Tensor& mu_b,
-                                   const at::Tensor& var_b) {
-  check_float(mu_a, "mu_a");
-  check_same(var_a, mu_a, "var_a", "mu_a");
-  check_same(mu_b, mu_a, "mu_b", "mu_a");
-  check_same(var_b, mu_a, "var_b", "mu_a");
-  check_shape(var_a, mu_a.sizes(), "var_a");
-  check_shape(mu_b, mu_a.sizes(), "mu_b");
-  check_shape(var_b, mu_a.sizes(), "var_b");
 }
 
 std::tuple<at::Tensor, at::Tensor> precision_weighted_cuda(const at::Tensor& mu_a, const at::Tensor& var_a,

@@ -21,46 +21,11 @@
 #include <tuple>
 #include <vector>
 
-#include "common/checks.h"
+#include "common/masked_linear_checks.h"
 #include "cuda/masked_linear.cuh"
 
 namespace fastlv {
 namespace {
-
-Activation parse_activation(c10::string_view activation) {
-  if (activation == "none") return Activation::kNone;
-  if (activation == "relu") return Activation::kRelu;
-  TORCH_CHECK(false, "fastlv: activation must be 'none' or 'relu', got '", std::string(activation), "'");
-}
-
-void check_masked_linear_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
-                              const std::optional<at::Tensor>& bias) {
-  check_float(x, "x");
-  check_same(weight, x, "weight", "x");
-  TORCH_CHECK(weight.dim() == 2, "fastlv: weight must be 2-D [out, in], got shape ", weight.sizes());
-  TORCH_CHECK(mask.device() == weight.device(), "fastlv: mask is on ", mask.device(), " but weight is on ",
-              weight.device());
-  check_shape(mask, weight.sizes(), "mask");
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "fastlv: x must end in in_features = ",
-              weight.size(1), " (weight is [out, in]), got shape ", x.sizes());
-  if (bias.has_value()) {
-    check_same(*bias, x, "bias", "x");
-    check_shape(*bias, {weight.size(0)}, "bias");
-  }
-}
-
-// x as a contiguous [rows, in] matrix (also when in == 0, where reshape(-1, in) is ambiguous).
-at::Tensor as_matrix(const at::Tensor& x, int64_t in) {
-  int64_t rows = 1;
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
-  return x.reshape({rows, in}).contiguous();
-}
-
-std::vector<int64_t> output_shape(const at::Tensor& x, int64_t out) {
-  std::vector<int64_t> shape = x.sizes().vec();
-  shape.back() = out;
-  return shape;
-}
 
 // keep [out, in] uint8 (1 where the mask is nonzero) and occupied [out_tiles, max(1, in_tiles)] uint8 (1 where
 // the kMaskedLinearTile-square weight tile holds a kept entry); zero padding to whole tiles keeps it exact.
@@ -103,14 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_op_cuda(
   const Activation act = parse_activation(activation);
   const DType dtype = launcher_dtype(x, "masked_linear");
   const int64_t out = weight.size(0), in = weight.size(1);
-  TORCH_CHECK(grad.device() == x.device(), "fastlv: grad is on ", grad.device(), " but x is on ", x.device());
-  check_shape(grad, output_shape(x, out), "grad");
-  TORCH_CHECK(act == Activation::kNone || output.has_value(), "fastlv: the relu backward needs the output");
-  if (output.has_value()) {
-    TORCH_CHECK(output->device() == x.device(), "fastlv: output is on ", output->device(), " but x is on ",
-                x.device());
-    check_shape(*output, output_shape(x, out), "output");
-  }
+  check_masked_linear_grad_args(grad, x, weight, output, act);
   const c10::cuda::CUDAGuard device_guard(x.device());
   const at::Tensor x2 = as_matrix(x, in), wc = weight.contiguous();
   const at::Tensor g2 = as_matrix(grad.to(x.scalar_type()), out);

@@ -1,0 +1,68 @@
+// Argument checks and layout helpers of the gated causal convolution's torch glue, shared by
+// csrc/cpu/gated_conv.cpp and csrc/cuda/gated_conv_torch.cpp (.cpp files only: torch headers).
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+#include "common/checks.h"
+
+namespace fastlv {
+
+// [B, C, T] (any strides) -> contiguous [T * B, C].
+inline at::Tensor time_major(const at::Tensor& t) {
+  return t.permute({2, 0, 1}).contiguous().view({t.size(2) * t.size(0), t.size(1)});
+}
+
+// The conditioning as the kernels read it: rows [T * B, 2 * C_out] when local (time-major), rows [B, 2 * C_out]
+// when global (also a local one with T == 1); rows undefined without conditioning.
+struct CondRows {
+  at::Tensor rows;
+  bool local = false;
+};
+
+inline CondRows cond_rows_of(const c10::optional<at::Tensor>& cond, int64_t T) {
+  if (!cond.has_value() || !cond->defined()) return {};
+  const bool local = cond->size(2) == T && T != 1;
+  return {local ? time_major(*cond) : cond->select(2, 0).contiguous(), local};
+}
+
+inline void check_conv_args(const at::Tensor& x, const at::Tensor& weight, int64_t dilation) {
+  check_float(x, "x");
+  check_same(weight, x, "weight", "x");
+  TORCH_CHECK(x.dim() == 3, "fastlv: x must have shape [B, C_in, T], got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 3 && weight.size(0) % 2 == 0 && weight.size(1) == x.size(1) && weight.size(2) >= 1,
+              "fastlv: weight must have shape [2 * C_out, C_in, k] with C_in = ", x.size(1), " and k >= 1, got ",
+              weight.sizes());
+  TORCH_CHECK(dilation >= 1, "fastlv: dilation must be >= 1, got ", dilation);
+}
+
+// The forward's inputs: x, weight and dilation as above, bias [2 * C_out], cond (if given) local
+// [B, 2 * C_out, T] or global [B, 2 * C_out, 1].
+inline void check_conv_forward_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                    int64_t dilation, const c10::optional<at::Tensor>& cond) {
+  check_conv_args(x, weight, dilation);
+  const int64_t B = x.size(0), T = x.size(2), C2 = weight.size(0);
+  check_same(bias, x, "bias", "x");
+  check_shape(bias, {C2}, "bias");
+  if (cond.has_value() && cond->defined()) {
+    check_same(*cond, x, "cond", "x");
+    TORCH_CHECK(cond->dim() == 3 && cond->size(0) == B && cond->size(1) == C2 &&
+                    (cond->size(2) == T || cond->size(2) == 1),
+                "fastlv: cond must have shape [B, 2 * C_out, T] (local) or [B, 2 * C_out, 1] (global) = [", B,
+                ", ", C2, ", ", T, " or 1], got ", cond->sizes());
+  }
+}
+
+// The backward's inputs: x, weight and dilation as above, pre [T, B, 2 * C_out], grad [B, C_out, T].
+inline void check_conv_backward_args(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                     const at::Tensor& pre, int64_t dilation) {
+  check_conv_args(x, weight, dilation);
+  const int64_t B = x.size(0), T = x.size(2), C2 = weight.size(0);
+  check_same(pre, x, "pre", "x");
+  check_shape(pre, {T, B, C2}, "pre");
+  TORCH_CHECK(grad.device() == x.device(), "fastlv: grad is on ", grad.device(), " but x is on ", x.device());
+  check_shape(grad, {B, C2 / 2, T}, "grad");
+}
+
+}  // namespace fastlv
