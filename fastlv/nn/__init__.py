@@ -6,5 +6,6 @@ from fastlv.nn.latent import DiagGaussianLatent, gaussian_head
 from fastlv.nn.made import (MADE, ElementDistribution, HierarchicalOutput, MaskedLinear, PerDimensionLinear,
                             hidden_degrees, input_degrees, made_mask)
 from fastlv.nn.models import (DeltaRNN, FlatRNN, FlatSRNN, FraccaroSRNN, FRNN, HierRNN, HierSRNN, LowLevelLSTM,
-                              LowLevelMADE, SimplifiedSRNN, SISRNN, STORN, VRNN, ZForcingSRNN)
+                              LowLevelMADE, SimplifiedSRNN, SISRNN, STCN, STCNDense, STORN, VRNN, WaveNet,
+                              WaveNetDense, ZForcingSRNN)
 from fastlv.nn.wavenet import TCN, TCNOutput, WaveNetBlock
