@@ -6,5 +6,5 @@ from fastlv.nn.latent import DiagGaussianLatent, gaussian_head
 from fastlv.nn.made import (MADE, ElementDistribution, HierarchicalOutput, LowLevelLSTM, LowLevelMADE, MaskedLinear,
                             PerDimensionLinear, hidden_degrees, input_degrees, made_mask)
 from fastlv.nn.models import (DeltaRNN, FlatRNN, FlatSRNN, FraccaroSRNN, FRNN, HierRNN, HierSRNN, SimplifiedSRNN,
-                              SISRNN, STORN, VRNN, ZForcingSRNN)
+                              SISRNN, STCN, STCNDense, STORN, VRNN, WaveNet, WaveNetDense, ZForcingSRNN)
 from fastlv.nn.wavenet import TCN, TCNOutput, WaveNetBlock
