@@ -154,6 +154,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_causal_conv1d_b
                 k = weight.size(2);
   check_same(pre, x, "pre", "x");
   check_shape(pre, {T, B, C2}, "pre");
+  check_device(grad, x, "grad", "x");
   check_shape(grad, {B, C, T}, "grad");
   const at::Tensor grad_rows = time_major(grad.to(x.scalar_type()));  // [T * B, C]
   const at::Tensor pre_c = pre.contiguous();

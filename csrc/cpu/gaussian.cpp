@@ -401,11 +401,13 @@ std::vector<at::Tensor> gaussian_sample_kl_backward_cpu(
   const auto mpc = contiguous(mu_p), lpc = contiguous(logvar_p), ec = sample ? contiguous(eps) : std::nullopt;
   at::Tensor gz, gkl;
   if (sample) {
+    check_device(*grad_z, mu_q, "grad_z", "mu_q");
     check_shape(*grad_z, mu_q.sizes(), "grad_z");
     gz = grad_z->contiguous().to(mu_q.scalar_type());
   }
   if (kl) {
     const auto kl_shape = elementwise ? mu_q.sizes() : mu_q.sizes().slice(0, mu_q.dim() - 1);
+    check_device(*grad_kl, mu_q, "grad_kl", "mu_q");
     check_shape(*grad_kl, kl_shape, "grad_kl");
     gkl = grad_kl->contiguous().to(mu_q.scalar_type());
   }
@@ -458,6 +460,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_log_prob_backward_cpu(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mu, const at::Tensor& logvar, bool elementwise,
     double mu_min, double mu_max, double logvar_min, double logvar_max) {
   check_log_prob_args(x, mu, logvar);
+  check_device(grad, x, "grad", "x");
   check_shape(grad, elementwise ? x.sizes() : x.sizes().slice(0, x.dim() - 1), "grad");
   const auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), mc = mu.contiguous();
   const auto lc = logvar.contiguous();
@@ -504,6 +507,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> precision_weighted_ba
     const at::Tensor& grad_mu, const at::Tensor& grad_var, const at::Tensor& mu_a, const at::Tensor& var_a,
     const at::Tensor& mu_b, const at::Tensor& var_b) {
   check_precision_weighted_args(mu_a, var_a, mu_b, var_b);
+  check_device(grad_mu, mu_a, "grad_mu", "mu_a");
+  check_device(grad_var, mu_a, "grad_var", "mu_a");
   check_shape(grad_mu, mu_a.sizes(), "grad_mu");
   check_shape(grad_var, mu_a.sizes(), "grad_var");
   const auto gmc = grad_mu.contiguous().to(mu_a.scalar_type()), gvc = grad_var.contiguous().to(mu_a.scalar_type());

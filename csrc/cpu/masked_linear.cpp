@@ -458,9 +458,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
   check_masked_linear_args(x, weight, mask, std::nullopt);
   const Activation act = parse_activation(activation);
   const int64_t out = weight.size(0), in = weight.size(1);
+  check_device(grad, x, "grad", "x");
   check_shape(grad, output_shape(x, out), "grad");
   TORCH_CHECK(act == Activation::kNone || output.has_value(), "fastlv: the relu backward needs the output");
-  if (output.has_value()) check_shape(*output, output_shape(x, out), "output");
+  if (output.has_value()) {
+    check_device(*output, x, "output", "x");
+    check_shape(*output, output_shape(x, out), "output");
+  }
   const at::Tensor x2 = as_matrix(x, in), wc = weight.contiguous();
   const at::Tensor g2 = as_matrix(grad.to(x.scalar_type()), out);
   const at::Tensor out2 = output.has_value() ? as_matrix(output->to(x.scalar_type()), out)
