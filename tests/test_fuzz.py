@@ -419,6 +419,28 @@ def test_fuzz_masked_linear(backend):
     assert CASES_RUN[("masked_linear", backend)] >= EXAMPLES
 
 
+# ------------------------------------------------------------------ regressions found by the fuzzer
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gated_conv_without_input_channels_is_the_bias_gate(backend):
+    """C_in = 0 (with an empty batch, where F.conv1d got the output shape wrong): out = gate(bias)."""
+    bias = torch.tensor([0.5, -1.0, 2.0, 0.3])
+    for B, T in ((0, 0), (0, 3), (2, 3)):
+        x, weight = torch.zeros(B, 0, T), torch.zeros(4, 0, 2)
+        want = (torch.tanh(bias[:2]) * torch.sigmoid(bias[2:])).view(1, 2, 1).expand(B, 2, T)
+        with fastlv.use_backend(backend):
+            torch.testing.assert_close(gated_causal_conv1d(x, weight, bias), want)
+        torch.testing.assert_close(gated_causal_conv1d_ref(x, weight, bias), want)
+
+
+def test_precision_weighted_reference_broadcasts_both_outputs():
+    """The variance does not involve the means, but both outputs have the broadcast shape of all four."""
+    mu, var = precision_weighted_ref(torch.zeros(1), torch.ones(1), torch.zeros(0), torch.tensor(2.0))
+    assert mu.shape == var.shape == (0,)
+    mu, var = precision_weighted_ref(torch.zeros(3, 2), torch.ones(2), torch.zeros(2), torch.ones(()))
+    assert mu.shape == var.shape == (3, 2)
+
+
 # ---------------------------------------------------------------------------------- NaN propagation
 
 def body_and_tail(n_inputs):
