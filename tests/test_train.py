@@ -82,6 +82,22 @@ class NaNOnceRNN(TinyRNN):
         return out
 
 
+class InfGradOnceRNN(TinyRNN):
+    """Its second training pass has a finite loss but an infinite gradient (d sqrt(u)/du at u = 0)."""
+
+    def __init__(self, x_dim, d_rnn=16, n_components=2):
+        super().__init__(x_dim, d_rnn, n_components)
+        self.calls = 0
+
+    def forward(self, x, mask=None):
+        out = super().forward(x, mask)
+        self.calls += self.training
+        if self.training and self.calls == 2:
+            w = self.head.proj.weight
+            out.log_likelihood = out.log_likelihood + torch.sqrt(w - w.detach()).sum()  # adds 0
+        return out
+
+
 # synthetic speech layout, small enough for a few CPU updates per second
 SMALL_DATA = ["--data", "synthetic", "--data-args", "n_utterances=24,seq_len=10"]
 
@@ -198,7 +214,7 @@ def test_ddp_gradients_equal_single_process(tmp_path):
             torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
 
 
-def test_nonfinite_loss_skips_the_update(tmp_path):
+def test_nonfinite_loss_skips_the_update(tmp_path, capsys):
     torch.manual_seed(0)
     model = NaNOnceRNN(3)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -218,6 +234,22 @@ def test_nonfinite_loss_skips_the_update(tmp_path):
     assert math.isnan(float(rows[1]["loss"])) and math.isfinite(float(rows[2]["loss"]))
     state = train.load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["skipped"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert "skipped" not in progress[0] and all("skipped 1" in line for line in progress[1:])
+
+
+def test_nonfinite_gradient_with_finite_loss_skips_the_update():
+    torch.manual_seed(0)
+    model = InfGradOnceRNN(3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(2, 5, 3)
+    assert train.train_step(model, optimizer, x, None, 1.0, 1.0, 0.5, train.Processes())[1]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats, applied = train.train_step(model, optimizer, x, None, 1.0, 1.0, 0.5, train.Processes())
+    assert not applied and math.isfinite(stats["loss"]) and not math.isfinite(stats["grad_norm"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    stats, applied = train.train_step(model, optimizer, x, None, 1.0, 1.0, 0.5, train.Processes())
+    assert applied and all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_checkpoint_survives_a_kill_during_save(tmp_path):
@@ -245,6 +277,40 @@ def test_checkpoint_survives_a_kill_during_save(tmp_path):
         proc.wait()
     state = train.load_checkpoint(path)
     assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+
+
+def test_training_killed_during_a_checkpoint_save_keeps_the_previous_one(tmp_path):
+    """The real training command, killed while it writes its second checkpoint (step 6): checkpoint.pt
+    is still the complete step-3 checkpoint, loads with weights_only=True and resumes."""
+    out = tmp_path / "run"
+    args = run_args(out, "--checkpoint-every", "3", "--valid-every", "100", steps=6)
+    script = textwrap.dedent(f"""
+        import time, torch
+        from fastlv import train
+        real_save = torch.save
+
+        def save(state, f):  # the step-6 checkpoint: half written, then hangs until killed
+            if state["step"] < 6:
+                return real_save(state, f)
+            f.write(b"PK" + b"x" * 1000)
+            f.flush()
+            print("writing", flush=True)
+            time.sleep(60)
+
+        train.torch.save = save
+        train.run({args!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["model"].values())
+    result = train.run(run_args(out, "--checkpoint-every", "3", "--valid-every", "100", "--resume", steps=6))
+    assert result["steps"] == 6
 
 
 def test_sample_writes_plot_and_wav(tmp_path):

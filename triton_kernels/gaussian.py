@@ -44,7 +44,7 @@ def _load(ptr, offsets, mask, COMPUTE: tl.constexpr):
 
 @triton.jit
 def _clamp(v, lo, hi):
-    return tl.minimum(tl.maximum(v, lo), hi)
+    return tl.minimum(tl.maximum(v, lo, propagate_nan=tl.PropagateNan.ALL), hi, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN
 
 
 @triton.jit
@@ -76,8 +76,8 @@ def _latent_step(mu_q_ptr, lv_q_ptr, mu_p_ptr, lv_p_ptr, eps_ptr, seed_ptr, offs
     share = tl.full(mu_q.shape, 1.0, COMPUTE)
     if PW:  # lv_q = min - log(1 + exp(min - max)); share = var_q / var_hat
         lv_hat = lv_q
-        lo = tl.minimum(lv_hat, lv_p)
-        lv_q = lo - tl.log(1.0 + tl.exp(lo - tl.maximum(lv_hat, lv_p)))
+        lo = tl.minimum(lv_hat, lv_p, propagate_nan=tl.PropagateNan.ALL)
+        lv_q = lo - tl.log(1.0 + tl.exp(lo - tl.maximum(lv_hat, lv_p, propagate_nan=tl.PropagateNan.ALL)))
         share = tl.exp(lv_q - lv_hat)
         mu_q = mu_p + share * (mu_hat - mu_p)
     sigma_eps = tl.zeros_like(mu_q)
@@ -93,7 +93,7 @@ def _latent_step(mu_q_ptr, lv_q_ptr, mu_p_ptr, lv_p_ptr, eps_ptr, seed_ptr, offs
     kl_raw = tl.zeros_like(mu_q)
     if KL:
         kl_raw = 0.5 * (var_ratio + diff * diff * inv_var_p - 1.0 - (lv_q - lv_p))
-    kl = tl.maximum(kl_raw, free_bits)
+    kl = tl.maximum(kl_raw, free_bits, propagate_nan=tl.PropagateNan.ALL)
     return (mu_q_raw, lv_q_raw, mu_p_raw, lv_p_raw, mu_q, mu_p, mu_hat, share, sigma_eps, diff, inv_var_p, var_ratio,
             kl_raw, kl)
 

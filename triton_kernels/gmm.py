@@ -24,7 +24,7 @@ HALF_LOG_2PI = tl.constexpr(0.91893853320467274178)  # 0.5 * log(2 * pi)
 def _component_log_density(x, mu, log_sigma_raw, lo, hi):
     """log N(x; mu, exp(clamp(log_sigma_raw, lo, hi))), with z = (x - mu) / sigma and 1 / sigma for the
     backward (gaussian_log_density in gmm_math.h)."""
-    log_sigma = tl.minimum(tl.maximum(log_sigma_raw, lo), hi)
+    log_sigma = tl.minimum(tl.maximum(log_sigma_raw, lo, propagate_nan=tl.PropagateNan.ALL), hi, propagate_nan=tl.PropagateNan.ALL)
     inv_sigma = tl.exp(-log_sigma)
     z = (x - mu) * inv_sigma
     return -0.5 * z * z - log_sigma - HALF_LOG_2PI, z, inv_sigma

@@ -48,7 +48,7 @@ def _forward_kernel(x_ptr, w_ptr, keep_ptr, occupied_ptr, bias_ptr, y_ptr, N, IN
     if HAS_BIAS:
         acc += tl.load(bias_ptr + outs, mask=out_ok, other=0.0).to(COMPUTE)[None, :]
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     tl.store(y_ptr + rows[:, None] * OUT + outs[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=row_ok[:, None] & out_ok[None, :])
 

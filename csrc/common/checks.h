@@ -15,9 +15,13 @@ inline void check_float(const at::Tensor& t, const char* name) {
               t.scalar_type());
 }
 
-inline void check_same(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
+inline void check_device(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
   TORCH_CHECK(t.device() == ref.device(), "fastlv: ", name, " is on ", t.device(), " but ", ref_name,
               " is on ", ref.device());
+}
+
+inline void check_same(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
+  check_device(t, ref, name, ref_name);
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "fastlv: ", name, " has dtype ", t.scalar_type(),
               " but ", ref_name, " has dtype ", ref.scalar_type());
 }
@@ -61,6 +65,17 @@ inline DType launcher_dtype(const at::Tensor& t, const char* op) {
          : type == at::kDouble ? DType::kFloat64
          : type == at::kHalf   ? DType::kFloat16
                                : DType::kBFloat16;
+}
+
+// The incoming gradient and the two saved log-normalizers of a mixture backward: one per output element.
+inline void check_gmm_backward_inputs(const at::Tensor& grad, const at::Tensor& lse_components,
+                                      const at::Tensor& lse_logits, const at::Tensor& x, at::IntArrayRef out_shape) {
+  check_device(grad, x, "grad", "x");
+  check_shape(grad, out_shape, "grad");
+  check_same(lse_components, x, "lse_components", "x");
+  check_shape(lse_components, out_shape, "lse_components");
+  check_same(lse_logits, x, "lse_logits", "x");
+  check_shape(lse_logits, out_shape, "lse_logits");
 }
 
 }  // namespace fastlv

@@ -61,7 +61,7 @@ inline void check_conv_backward_args(const at::Tensor& grad, const at::Tensor& x
   const int64_t B = x.size(0), T = x.size(2), C2 = weight.size(0);
   check_same(pre, x, "pre", "x");
   check_shape(pre, {T, B, C2}, "pre");
-  TORCH_CHECK(grad.device() == x.device(), "fastlv: grad is on ", grad.device(), " but x is on ", x.device());
+  check_device(grad, x, "grad", "x");
   check_shape(grad, {B, C2 / 2, T}, "grad");
 }
 

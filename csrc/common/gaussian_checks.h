@@ -75,10 +75,12 @@ inline std::pair<at::Tensor, at::Tensor> latent_output_grads(const OptTensor& gr
   TORCH_CHECK(grad_kl.has_value() == kl, "fastlv: grad_kl must be given exactly when computing the KL");
   at::Tensor gz, gkl;
   if (sample) {
+    check_device(*grad_z, mu_q, "grad_z", "mu_q");
     check_shape(*grad_z, mu_q.sizes(), "grad_z");
     gz = grad_z->contiguous().to(mu_q.scalar_type());
   }
   if (kl) {
+    check_device(*grad_kl, mu_q, "grad_kl", "mu_q");
     check_shape(*grad_kl, row_output_shape(mu_q, elementwise), "grad_kl");
     gkl = grad_kl->contiguous().to(mu_q.scalar_type());
   }

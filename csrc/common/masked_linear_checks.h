@@ -48,12 +48,11 @@ inline std::vector<int64_t> output_shape(const at::Tensor& x, int64_t out) {
 inline void check_masked_linear_grad_args(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
                                           const std::optional<at::Tensor>& output, Activation act) {
   const std::vector<int64_t> out_shape = output_shape(x, weight.size(0));
-  TORCH_CHECK(grad.device() == x.device(), "fastlv: grad is on ", grad.device(), " but x is on ", x.device());
+  check_device(grad, x, "grad", "x");
   check_shape(grad, out_shape, "grad");
   TORCH_CHECK(act == Activation::kNone || output.has_value(), "fastlv: the relu backward needs the output");
   if (output.has_value()) {
-    TORCH_CHECK(output->device() == x.device(), "fastlv: output is on ", output->device(), " but x is on ",
-                x.device());
+    check_device(*output, x, "output", "x");
     check_shape(*output, out_shape, "output");
   }
 }

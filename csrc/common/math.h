@@ -35,10 +35,12 @@ template <> FASTLV_HD float sin_of<float>(float v) { return sinf(v); }
 template <> FASTLV_HD double sin_of<double>(double v) { return sin(v); }
 template <> FASTLV_HD float cos_of<float>(float v) { return cosf(v); }
 template <> FASTLV_HD double cos_of<double>(double v) { return cos(v); }
-template <> FASTLV_HD float max_of<float>(float a, float b) { return a > b ? a : b; }
-template <> FASTLV_HD double max_of<double>(double a, double b) { return a > b ? a : b; }
-template <> FASTLV_HD float min_of<float>(float a, float b) { return a < b ? a : b; }
-template <> FASTLV_HD double min_of<double>(double a, double b) { return a < b ? a : b; }
+// max_of / min_of propagate NaN (as at::vec::maximum and torch.maximum do): a NaN input must not be
+// clamped into range or floored by free bits.
+template <> FASTLV_HD float max_of<float>(float a, float b) { return (a > b || a != a) ? a : b; }
+template <> FASTLV_HD double max_of<double>(double a, double b) { return (a > b || a != a) ? a : b; }
+template <> FASTLV_HD float min_of<float>(float a, float b) { return (a < b || a != a) ? a : b; }
+template <> FASTLV_HD double min_of<double>(double a, double b) { return (a < b || a != a) ? a : b; }
 template <> FASTLV_HD float where_in_range<float>(float x, float lo, float hi, float v) {
   return (x >= lo && x <= hi) ? v : 0.0f;
 }

@@ -391,6 +391,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_log_prob_backward_cpu(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mu, const at::Tensor& logvar, bool elementwise,
     double mu_min, double mu_max, double logvar_min, double logvar_max) {
   check_log_prob_args(x, mu, logvar);
+  check_device(grad, x, "grad", "x");
   check_shape(grad, row_output_shape(x, elementwise), "grad");
   const auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), mc = mu.contiguous();
   const auto lc = logvar.contiguous();
@@ -426,6 +427,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> precision_weighted_ba
     const at::Tensor& grad_mu, const at::Tensor& grad_var, const at::Tensor& mu_a, const at::Tensor& var_a,
     const at::Tensor& mu_b, const at::Tensor& var_b) {
   check_precision_weighted_args(mu_a, var_a, mu_b, var_b);
+  check_device(grad_mu, mu_a, "grad_mu", "mu_a");
+  check_device(grad_var, mu_a, "grad_var", "mu_a");
   check_shape(grad_mu, mu_a.sizes(), "grad_mu");
   check_shape(grad_var, mu_a.sizes(), "grad_var");
   const auto gmc = grad_mu.contiguous().to(mu_a.scalar_type()), gvc = grad_var.contiguous().to(mu_a.scalar_type());

@@ -262,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_log_prob_backward
     const at::Tensor& log_sigma, const at::Tensor& lse_components, const at::Tensor& lse_logits, double lo,
     double hi) {
   check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/false);
-  check_shape(grad, x.sizes(), "grad");
+  check_gmm_backward_inputs(grad, lse_components, lse_logits, x, x.sizes());
   auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), lc = logits.contiguous();
   auto mc = mu.contiguous(), sc = log_sigma.contiguous();
   auto pc = lse_components.contiguous(), ec = lse_logits.contiguous();
@@ -300,7 +300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> diag_gmm_log_prob_bac
     const at::Tensor& log_sigma, const at::Tensor& lse_components, const at::Tensor& lse_logits, double lo,
     double hi) {
   check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/true);
-  check_shape(grad, logits.sizes().slice(0, logits.dim() - 1), "grad");
+  check_gmm_backward_inputs(grad, lse_components, lse_logits, x, logits.sizes().slice(0, logits.dim() - 1));
   auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), lc = logits.contiguous();
   auto mc = mu.contiguous(), sc = log_sigma.contiguous();
   const int64_t D = x.size(-1), K = logits.size(-1), N = logits.numel() / K;

@@ -97,6 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_log_prob_backward_cuda(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mu, const at::Tensor& logvar, bool elementwise,
     double mu_min, double mu_max, double logvar_min, double logvar_max) {
   check_log_prob_args(x, mu, logvar);
+  check_device(grad, x, "grad", "x");
   check_shape(grad, row_output_shape(x, elementwise), "grad");
   const c10::cuda::CUDAGuard device_guard(x.device());
   const auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), mc = mu.contiguous();

@@ -40,7 +40,11 @@ def _time_major_memory(t: Tensor) -> Tensor:
 
 def _causal_conv(x: Tensor, weight: Tensor, bias: Tensor, dilation: int) -> Tensor:
     """Causal dilated conv1d by left zero-padding. One extra padded step (its output dropped) keeps
-    F.conv1d valid for T = 0."""
+    F.conv1d valid for T = 0. Without input channels the convolution is the bias alone (F.conv1d gets the
+    output shape wrong for an empty batch with C_in = 0)."""
+    B, C_in, T = x.shape
+    if C_in == 0:
+        return bias.view(1, -1, 1).expand(B, -1, T).clone()
     k = weight.shape[-1]
     pre = F.conv1d(F.pad(x, (tap_shift(0, k, dilation) + 1, 0)), weight, bias, dilation=dilation)
     return pre[:, :, 1:]
@@ -139,9 +143,9 @@ def _check_conv_args(x: Tensor, weight: Tensor, bias: Tensor, dilation: int, con
     if x.dim() != 3:
         raise ValueError(f"fastlv: x must have shape [B, C_in, T], got {tuple(x.shape)}")
     B, C_in, T = x.shape
-    if weight.dim() != 3 or weight.shape[0] % 2 or weight.shape[1] != C_in or weight.shape[2] < 1:
-        raise ValueError(f"fastlv: weight must have shape [2 * C_out, C_in = {C_in}, k >= 1] (filter rows, then "
-                         f"gate rows), got {tuple(weight.shape)}")
+    if weight.dim() != 3 or weight.shape[0] % 2 or weight.shape[0] < 2 or weight.shape[1] != C_in or weight.shape[2] < 1:
+        raise ValueError(f"fastlv: weight must have shape [2 * C_out, C_in = {C_in}, k >= 1] with C_out >= 1 "
+                         f"(filter rows, then gate rows), got {tuple(weight.shape)}")
     C2 = weight.shape[0]
     if tuple(bias.shape) != (C2,):
         raise ValueError(f"fastlv: bias must have shape [2 * C_out] = [{C2}], got {tuple(bias.shape)}")

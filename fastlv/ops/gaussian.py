@@ -140,7 +140,8 @@ def _sample_kl_ref(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl, precis
     if not kl:
         return z, empty
     per_dim = _kl_per_dim(mu_q, logvar_q, mu_p, logvar_p)
-    per_dim = torch.where(per_dim >= free_bits, per_dim, torch.full_like(per_dim, free_bits))
+    floored = (per_dim < free_bits) & ~per_dim.isnan()  # a NaN KL stays NaN
+    per_dim = torch.where(floored, torch.full_like(per_dim, free_bits), per_dim)
     return z, (per_dim if elementwise else per_dim.sum(-1)).to(dtype).contiguous()
 
 
@@ -204,11 +205,13 @@ def _log_prob_backward_ref(grad, x, mu, logvar, elementwise, mu_min, mu_max, log
 
 
 def _precision_weighted_ref(mu_a, var_a, mu_b, var_b):
-    """(mu, var) of fastlv_C::precision_weighted, differentiable: STCN Eq. 11 as written."""
+    """(mu, var) of fastlv_C::precision_weighted, differentiable: STCN Eq. 11 with numerator and
+    denominator multiplied by var_a var_b, so that it stays defined when one variance of the pair is 0
+    (as written, 1/var_a = inf gives mu = 0 * inf = NaN)."""
     dtype = mu_a.dtype
     mu_a, var_a, mu_b, var_b = (_upcast(t) for t in (mu_a, var_a, mu_b, var_b))
-    var = 1 / (1 / var_a + 1 / var_b)
-    mu = var * (mu_a / var_a + mu_b / var_b)
+    var = var_a * (var_b / (var_a + var_b))
+    mu = (mu_a * var_b + mu_b * var_a) / (var_a + var_b)
     return mu.to(dtype).contiguous(), var.to(dtype).contiguous()
 
 
@@ -552,5 +555,5 @@ def gaussian_log_prob_ref(z, mu, logvar, *, elementwise=False, mask=None, reduct
 def precision_weighted_ref(mu_a, var_a, mu_b, var_b) -> tuple[Tensor, Tensor]:
     """Pure-PyTorch reference of :func:`precision_weighted`."""
     check_tensors(mu_a=mu_a, var_a=var_a, mu_b=mu_b, var_b=var_b)
-    broadcast_shape(mu_a=mu_a.shape, var_a=var_a.shape, mu_b=mu_b.shape, var_b=var_b.shape)
-    return _precision_weighted_ref(mu_a, var_a, mu_b, var_b)
+    shape = broadcast_shape(mu_a=mu_a.shape, var_a=var_a.shape, mu_b=mu_b.shape, var_b=var_b.shape)
+    return _precision_weighted_ref(mu_a.expand(shape), var_a.expand(shape), mu_b.expand(shape), var_b.expand(shape))

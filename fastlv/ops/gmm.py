@@ -143,6 +143,11 @@ def _check_ranks(min_rank: int, **tensors: Tensor):
             raise ValueError(f"fastlv: {name} must have at least {min_rank} dimension(s), got shape {tuple(t.shape)}")
 
 
+def _check_components(K: int):
+    if K < 1:  # a mixture of no components has no density (the reference would return NaN)
+        raise ValueError("fastlv: logits must have at least one component (K >= 1), got K = 0")
+
+
 def gmm_log_prob(x: Tensor, logits: Tensor, mu: Tensor, log_sigma: Tensor, *,
                  log_sigma_min: float | None = None, log_sigma_max: float | None = None,
                  reduction: str = "none", mask: Tensor | None = None) -> Tensor:
@@ -168,6 +173,7 @@ def gmm_log_prob(x: Tensor, logits: Tensor, mu: Tensor, log_sigma: Tensor, *,
     params = broadcast_shape(logits=logits.shape, mu=mu.shape, log_sigma=log_sigma.shape)
     batch = broadcast_shape(x=x.shape, **{"mixture batch": params[:-1]})
     params = (*batch, params[-1])
+    _check_components(params[-1])
     lo, hi = clamp_bounds(log_sigma_min, log_sigma_max)
     log_prob, _, _ = _gmm_op(x.expand(batch), logits.expand(params), mu.expand(params), log_sigma.expand(params), lo, hi)
     return reduce(log_prob, reduction, mask)
@@ -191,6 +197,7 @@ def diag_gmm_log_prob(x: Tensor, logits: Tensor, mu: Tensor, log_sigma: Tensor, 
     _check_ranks(1, x=x, logits=logits)
     _check_ranks(2, mu=mu, log_sigma=log_sigma)
     K, D = logits.shape[-1], x.shape[-1]
+    _check_components(K)
     components = broadcast_shape(mu=mu.shape, log_sigma=log_sigma.shape, **{"[K, D]": (K, D)})
     if tuple(components[-2:]) != (K, D):
         raise ValueError(f"fastlv: mu and log_sigma must end in [K, D] = [{K}, {D}] (K from logits, D from x), "
