@@ -546,7 +546,9 @@ def train(args: argparse.Namespace) -> dict:
     validation metrics when ``--stop-at`` ends the run early)."""
     procs = setup_processes(args.device)
     try:
-        return _train(args, procs)
+        result = _train(args, procs)
+        procs.barrier()  # no process tears the group down while another still talks to it
+        return result
     finally:
         if procs.world > 1:
             dist.destroy_process_group()
