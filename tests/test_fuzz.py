@@ -351,7 +351,8 @@ def test_precision_weighted_with_a_zero_variance(backend):
 @st.composite
 def conv_case(draw):
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
-    B, C_in, C_out, T = draw(st.integers(0, 3)), draw(st.integers(0, 5)), draw(st.integers(1, 4)), draw(st.integers(0, 9))
+    B, C_in, C_out = draw(st.integers(0, 3)), draw(st.integers(0, 5)), draw(st.integers(1, 4))
+    T = draw(st.integers(0, 9))
     k, dilation = draw(st.integers(1, 3)), draw(st.integers(1, 4))
     g = generator(draw)
     scale = draw(st.sampled_from([1.0, 1e3]))
@@ -466,8 +467,8 @@ def nan_cases():
                                     [r(3, 19) for _ in range(2)], body_and_tail(2), lambda i, e: e),
         "gaussian_rsample": (lambda m, v, e: gaussian_rsample(m, v, e, mu_max=3.0),
                              [r(3, 19) for _ in range(3)], body_and_tail(3), lambda i, e: e),
-        "gaussian_sample_kl": (lambda a, b, c, d, e: gaussian_sample_kl(a, b, c, d, eps=e, posterior="precision_weighted",
-                                                                        free_bits=0.5)[1],
+        "gaussian_sample_kl": (lambda a, b, c, d, e: gaussian_sample_kl(
+                                   a, b, c, d, eps=e, posterior="precision_weighted", free_bits=0.5)[1],
                                [r(3, 19) for _ in range(5)], body_and_tail(4), lambda i, e: e[0]),
         "gaussian_log_prob": (lambda z, m, v: gaussian_log_prob(z, m, v, logvar_min=-3.0),
                               [r(3, 19) for _ in range(3)], body_and_tail(3), lambda i, e: e[0]),

@@ -143,7 +143,8 @@ def _check_conv_args(x: Tensor, weight: Tensor, bias: Tensor, dilation: int, con
     if x.dim() != 3:
         raise ValueError(f"fastlv: x must have shape [B, C_in, T], got {tuple(x.shape)}")
     B, C_in, T = x.shape
-    if weight.dim() != 3 or weight.shape[0] % 2 or weight.shape[0] < 2 or weight.shape[1] != C_in or weight.shape[2] < 1:
+    if (weight.dim() != 3 or weight.shape[0] % 2 or weight.shape[0] < 2 or weight.shape[1] != C_in
+            or weight.shape[2] < 1):
         raise ValueError(f"fastlv: weight must have shape [2 * C_out, C_in = {C_in}, k >= 1] with C_out >= 1 "
                          f"(filter rows, then gate rows), got {tuple(weight.shape)}")
     C2 = weight.shape[0]
