@@ -9,7 +9,16 @@ from fastlv.nn.heads import ObservationHead, observation_head
 from fastlv.nn.models.common import RecurrentModel, orthogonal_recurrent_init, shift_right
 
 
-class FRNN(RecurrentModel):
+class DeterministicModel(RecurrentModel):
+    """A model without latent variables: the exact log-likelihood is the sum of ``step_log_probs``."""
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> SequenceOutput:
+        x, mask, _ = self._steps(x, mask)
+        log_likelihood = self._total(self.step_log_probs(x), mask)
+        return SequenceOutput(log_likelihood, torch.zeros_like(log_likelihood))
+
+
+class FRNN(DeterministicModel):
     """Factorized RNN (Dai et al. Sec. 4.1): h_t = LSTM(x_{t-1}, h_{t-1}) (Eq. 2) over multi-frame steps,
     and an output factorized over the frame, p(x_t | x_<t) = prod_i p(x_t,i | h_t) (Eq. 5), by default a
     20-component Gaussian mixture per value (the fused :func:`fastlv.ops.gmm_log_prob`). The
@@ -32,11 +41,6 @@ class FRNN(RecurrentModel):
         """log p(x_t | x_<t) per step ``[B, N]`` of steps ``x [B, N, step_size]``."""
         h, _ = self.rnn(self.embed(shift_right(x)))
         return self.head.log_prob(h, x)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> SequenceOutput:
-        x, mask, _ = self._steps(x, mask)
-        log_likelihood = self._total(self.step_log_probs(x), mask)
-        return SequenceOutput(log_likelihood, torch.zeros_like(log_likelihood))
 
     @torch.no_grad()
     def sample(self, steps: int, batch_size: int = 1) -> Tensor:
@@ -61,7 +65,7 @@ class FlatRNN(FRNN):
         super().__init__(frame_size, flat=True, **kwargs)
 
 
-class DeltaRNN(RecurrentModel):
+class DeltaRNN(DeterministicModel):
     """delta-RNN (Dai et al. Sec. 4.4, Eq. 10-12): the RNN that an F-SRNN with the delta posterior
     q(z_t | x) = delta(z_t = x_t^a) (Eq. 10) amounts to. Each frame is split into a leaked subset x^a and
     the rest x^b, and
@@ -108,11 +112,6 @@ class DeltaRNN(RecurrentModel):
         x_leak, x_rest = x[..., self.leaked], x[..., self.rest]
         rest_state = self.rest_net(torch.cat([h, x_leak], -1))
         return self.leak_head.log_prob(h, x_leak) + self.rest_head.log_prob(rest_state, x_rest)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> SequenceOutput:
-        x, mask, _ = self._steps(x, mask)
-        log_likelihood = self._total(self.step_log_probs(x), mask)
-        return SequenceOutput(log_likelihood, torch.zeros_like(log_likelihood))
 
     @torch.no_grad()
     def sample(self, steps: int, batch_size: int = 1) -> Tensor:
