@@ -42,6 +42,37 @@ def fastlv_providers(device: str) -> dict[str, str]:
     return {f"fastlv-{b}": b for b in names if fastlv.backends(device)[b] == "available"}
 
 
+def forward_pass(fn: Callable, inputs: list[torch.Tensor]):
+    with torch.no_grad():
+        fn(*inputs)
+
+
+def forward_backward_pass(fn: Callable, inputs: list[torch.Tensor]):
+    """Forward, then the gradients of the sum of every output w.r.t. the inputs."""
+    out = fn(*inputs)
+    outputs = out if isinstance(out, tuple) else (out,)
+    torch.autograd.grad(sum(o.sum() for o in outputs), inputs)
+
+
+PASSES = {"fwd": forward_pass, "fwd+bwd": forward_backward_pass}
+
+
+def op_providers(run_pass: Callable, inputs: list[torch.Tensor], eager: Callable, compiled: Callable,
+                 fused: Callable, device: str) -> dict[str, Callable[[], object]]:
+    """One pass of an op per provider: the eager reference, torch.compile of it, and the fused op on
+    each fastlv backend that runs on ``device``."""
+    import fastlv
+
+    def on_backend(backend):
+        def call():
+            with fastlv.use_backend(backend):
+                run_pass(fused, inputs)
+        return call
+    providers = {"eager": lambda: run_pass(eager, inputs), "compile": lambda: run_pass(compiled, inputs)}
+    providers.update({name: on_backend(backend) for name, backend in fastlv_providers(device).items()})
+    return providers
+
+
 def time_providers(providers: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2,
                    device: str = "cpu") -> dict[str, float]:
     """Median seconds per call of each provider. Providers are interleaved (round robin) so machine

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import torch
 
-import fastlv
-from bench.common import fastlv_providers, time_providers
+from bench.common import PASSES, op_providers, time_providers
 from fastlv.ops import gaussian_kl, gaussian_kl_ref, gaussian_sample_kl, gaussian_sample_kl_ref
 
 SHAPES = {"flat B32 T1000 D256": (32, 1000, 256), "speech B32 T40 D256": (32, 40, 256)}
@@ -48,25 +47,8 @@ def run(quick: bool = False, device: str = "cpu", bandwidth: float | None = None
         for shape_name, shape in SHAPES.items():
             inputs = make_inputs(*shape, device=device)
 
-            def forward(fn):
-                with torch.no_grad():
-                    fn(*inputs)
-
-            def forward_backward(fn):
-                out = fn(*inputs)
-                loss = (out[0].sum() + out[1].sum()) if isinstance(out, tuple) else out.sum()
-                torch.autograd.grad(loss, inputs)
-
-            def with_backend(backend, body):
-                def call():
-                    with fastlv.use_backend(backend):
-                        body(fused_fn)
-                return call
-
-            for pass_name, body in (("fwd", forward), ("fwd+bwd", forward_backward)):
-                providers = {"eager": lambda: body(eager_fn), "compile": lambda: body(compiled)}
-                for name, backend in fastlv_providers(device).items():
-                    providers[name] = with_backend(backend, body)
+            for pass_name, run_pass in PASSES.items():
+                providers = op_providers(run_pass, inputs, eager_fn, compiled, fused_fn, device)
                 times = time_providers(providers, repeats=5 if quick else 15, device=device)
                 bound = bytes_moved(*shape, op_name, pass_name != "fwd") / bandwidth if bandwidth else None
                 for name, t in times.items():

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-import fastlv
-from bench.common import fastlv_providers, peak_extra_memory, time_providers
+from bench.common import PASSES, op_providers, peak_extra_memory, time_providers
 from fastlv.ops import gmm_log_prob, gmm_log_prob_ref
 
 SHAPES = {"speech B32 T40 L200 K20": (32, 40, 200, 20), "flat B32 T8000 L1 K20": (32, 8000, 1, 20)}
@@ -33,23 +32,8 @@ def run(quick: bool = False, device: str = "cpu", bandwidth: float | None = None
     for shape_name, shape in SHAPES.items():
         inputs = make_inputs(*shape, device=device)
 
-        def forward(fn):
-            with torch.no_grad():
-                fn(*inputs)
-
-        def forward_backward(fn):
-            torch.autograd.grad(fn(*inputs).sum(), inputs)
-
-        def with_backend(backend, fn):
-            def call():
-                with fastlv.use_backend(backend):
-                    fn()
-            return call
-
-        for pass_name, body in (("fwd", forward), ("fwd+bwd", forward_backward)):
-            providers = {"eager": lambda: body(gmm_log_prob_ref), "compile": lambda: body(compiled)}
-            for name, backend in fastlv_providers(device).items():
-                providers[name] = with_backend(backend, lambda: body(gmm_log_prob))
+        for pass_name, run_pass in PASSES.items():
+            providers = op_providers(run_pass, inputs, gmm_log_prob_ref, compiled, gmm_log_prob, device)
             times = time_providers(providers, repeats=5 if quick else 15, device=device)
             bound = bytes_moved(*shape, backward=pass_name != "fwd") / bandwidth if bandwidth else None
             for name, t in times.items():

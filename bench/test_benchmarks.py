@@ -6,18 +6,12 @@ import torch
 
 import fastlv
 from bench import gaussian, gmm, table5
+from bench.common import forward_backward_pass
 from fastlv.ops import gaussian_sample_kl, gmm_log_prob, gmm_log_prob_ref
 
 pytest.importorskip("pytest_benchmark")
 
 PROVIDERS = ["eager", "compile", "fastlv"]
-
-
-def forward_backward(fn, inputs):
-    def step():
-        out = fn(*inputs)
-        torch.autograd.grad(sum(o.sum() for o in (out if isinstance(out, tuple) else (out,))), inputs)
-    return step
 
 
 def provider_fn(provider, fused, reference):
@@ -29,7 +23,7 @@ def provider_fn(provider, fused, reference):
 def test_gmm_log_prob(benchmark, shape, provider):
     benchmark.group = f"gmm_log_prob fwd+bwd {shape}"
     inputs = gmm.make_inputs(*gmm.SHAPES[shape])
-    benchmark(forward_backward(provider_fn(provider, gmm_log_prob, gmm_log_prob_ref), inputs))
+    benchmark(forward_backward_pass, provider_fn(provider, gmm_log_prob, gmm_log_prob_ref), inputs)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -37,7 +31,7 @@ def test_gmm_log_prob(benchmark, shape, provider):
 def test_gaussian_sample_kl(benchmark, shape, provider):
     benchmark.group = f"gaussian sample+KL fwd+bwd {shape}"
     inputs = gaussian.make_inputs(*gaussian.SHAPES[shape])
-    benchmark(forward_backward(provider_fn(provider, gaussian_sample_kl, gaussian.eager_sample_kl), inputs))
+    benchmark(forward_backward_pass, provider_fn(provider, gaussian_sample_kl, gaussian.eager_sample_kl), inputs)
 
 
 @pytest.mark.parametrize("backend", [None, "ref"], ids=["fastlv-ops", "ref-ops"])
