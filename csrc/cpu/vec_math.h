@@ -19,10 +19,21 @@ template <> inline Vectorized<float> log_of(Vectorized<float> v) { return v.log(
 template <> inline Vectorized<double> log_of(Vectorized<double> v) { return v.log(); }
 template <> inline Vectorized<float> sqrt_of(Vectorized<float> v) { return v.sqrt(); }
 template <> inline Vectorized<double> sqrt_of(Vectorized<double> v) { return v.sqrt(); }
-template <> inline Vectorized<float> sin_of(Vectorized<float> v) { return v.sin(); }
-template <> inline Vectorized<double> sin_of(Vectorized<double> v) { return v.sin(); }
-template <> inline Vectorized<float> cos_of(Vectorized<float> v) { return v.cos(); }
-template <> inline Vectorized<double> cos_of(Vectorized<double> v) { return v.cos(); }
+// Sleef's sincos (the 3.5-ulp functions at::vec's sin() and cos() use) shares the range reduction.
+template <> inline void sincos_of(Vectorized<float> v, Vectorized<float>& s, Vectorized<float>& c) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const Sleef___m512_2 both = Sleef_sincosf16_u35(v);
+#elif defined(CPU_CAPABILITY_AVX2)
+  const Sleef___m256_2 both = Sleef_sincosf8_u35(v);
+#endif
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  s = both.x;
+  c = both.y;
+#else
+  s = v.sin();
+  c = v.cos();
+#endif
+}
 template <> inline Vectorized<float> max_of(Vectorized<float> a, Vectorized<float> b) {
   return at::vec::maximum(a, b);
 }
