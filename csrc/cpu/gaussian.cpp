@@ -44,7 +44,7 @@ typedef uint64_t WideLanes __attribute__((vector_size(64)));
 // 64-bit lanes, odd lanes as the high halves, then the halves of the products interleave back.
 template <>
 inline void mul_hi_lo<PhiloxLanes>(PhiloxLanes a, uint32_t b, PhiloxLanes& hi, PhiloxLanes& lo) {
-#if defined(__AVX512F__)
+#if defined(CPU_CAPABILITY_AVX512)
   // vpmuludq (one uop; GCC would emit the 3-uop 64-bit vpmullq for the generic code below).
   // Mask 0xAAAA selects the odd 32-bit lanes.
   const __m512i va = (__m512i)a, vb = _mm512_set1_epi32(int32_t(b));
