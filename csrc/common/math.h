@@ -18,8 +18,8 @@ constexpr double kHalfLog2Pi = 0.91893853320467274178;  // 0.5 * log(2 * pi)
 template <typename T> FASTLV_HD T exp_of(T v);
 template <typename T> FASTLV_HD T log_of(T v);
 template <typename T> FASTLV_HD T sqrt_of(T v);
-template <typename T> FASTLV_HD T sin_of(T v);
-template <typename T> FASTLV_HD T cos_of(T v);
+// s = sin(v), c = cos(v), with one range reduction.
+template <typename T> FASTLV_HD void sincos_of(T v, T& s, T& c);
 template <typename T> FASTLV_HD T max_of(T a, T b);
 template <typename T> FASTLV_HD T min_of(T a, T b);
 // v where lo <= x <= hi, else 0 (gradient of a clamp).
@@ -31,10 +31,14 @@ template <> FASTLV_HD float log_of<float>(float v) { return logf(v); }
 template <> FASTLV_HD double log_of<double>(double v) { return log(v); }
 template <> FASTLV_HD float sqrt_of<float>(float v) { return sqrtf(v); }
 template <> FASTLV_HD double sqrt_of<double>(double v) { return sqrt(v); }
-template <> FASTLV_HD float sin_of<float>(float v) { return sinf(v); }
-template <> FASTLV_HD double sin_of<double>(double v) { return sin(v); }
-template <> FASTLV_HD float cos_of<float>(float v) { return cosf(v); }
-template <> FASTLV_HD double cos_of<double>(double v) { return cos(v); }
+template <> FASTLV_HD void sincos_of<float>(float v, float& s, float& c) {
+#if defined(__CUDA_ARCH__)
+  sincosf(v, &s, &c);
+#else
+  s = sinf(v);
+  c = cosf(v);
+#endif
+}
 // max_of / min_of propagate NaN (as at::vec::maximum and torch.maximum do): a NaN input must not be
 // clamped into range or floored by free bits.
 template <> FASTLV_HD float max_of<float>(float a, float b) { return (a > b || a != a) ? a : b; }

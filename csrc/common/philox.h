@@ -26,23 +26,28 @@ constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;  // round m
 constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;  // key increments (Weyl)
 constexpr float kPi = 3.14159265358979323846f;
 
-// High 32 bits of the 64-bit product, per lane. The CPU kernel specializes it for its vector of lanes.
-template <typename U> FASTLV_HD U mul_hi(U a, uint32_t b);
-template <> FASTLV_HD uint32_t mul_hi<uint32_t>(uint32_t a, uint32_t b) {
+// High and low 32 bits of the 64-bit product a * b, per lane. The CPU kernel specializes it for its
+// vector of lanes.
+template <typename U> FASTLV_HD void mul_hi_lo(U a, uint32_t b, U& hi, U& lo);
+template <> FASTLV_HD void mul_hi_lo<uint32_t>(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 #if defined(__CUDA_ARCH__)
-  return __umulhi(a, b);
+  hi = __umulhi(a, b);
+  lo = a * b;
 #else
-  return uint32_t((uint64_t(a) * b) >> 32);
+  const uint64_t product = uint64_t(a) * b;
+  hi = uint32_t(product >> 32);
+  lo = uint32_t(product);
 #endif
 }
 
 // Philox4x32-10 of counter c (c0..c3 in place) under key (k0, k1). U is uint32_t, or a vector of
-// uint32 lanes supporting * and ^ with a uint32_t, and the hook mul_hi.
+// uint32 lanes supporting ^ with a uint32_t, and the hook mul_hi_lo.
 template <typename U>
 FASTLV_HD void philox4x32_10(U& c0, U& c1, U& c2, U& c3, uint32_t k0, uint32_t k1) {
   for (int round = 0; round < 10; ++round) {
-    const U hi0 = mul_hi(c0, kPhiloxM0), lo0 = c0 * kPhiloxM0;
-    const U hi1 = mul_hi(c2, kPhiloxM1), lo1 = c2 * kPhiloxM1;
+    U hi0, lo0, hi1, lo1;
+    mul_hi_lo(c0, kPhiloxM0, hi0, lo0);
+    mul_hi_lo(c2, kPhiloxM1, hi1, lo1);
     c0 = hi1 ^ c1 ^ k0;
     c1 = lo1;
     c2 = hi0 ^ c3 ^ k1;
@@ -60,8 +65,10 @@ template <typename T>
 FASTLV_HD void box_muller(T u_radius, T u_angle, T& n_cos, T& n_sin) {
   const T r = sqrt_of(T(-2.0f) * log_of(u_radius));
   const T theta = T(kPi) * (T(2.0f) * u_angle - T(1.0f));
-  n_cos = r * cos_of(theta);
-  n_sin = r * sin_of(theta);
+  T sin_theta, cos_theta;
+  sincos_of(theta, sin_theta, cos_theta);
+  n_cos = r * cos_theta;
+  n_sin = r * sin_theta;
 }
 
 // Normal number `index` of the stream of `seed` (one element; the CUDA kernels). Computes the whole

@@ -7,7 +7,7 @@
 // from the inputs: nothing but the outputs exists after the forward.
 // Noise: when eps is not given, the row's normals are generated into a per-task buffer (L1) just before
 // the pass, with the counter-based generator of csrc/common/philox.h: Philox runs on 16 uint32 lanes
-// (a GCC vector; AVX-512 multiplies, or two AVX2 halves), Box-Muller on at::vec. The backward
+// (a GCC vector; vpmuludq products on AVX-512), Box-Muller on at::vec. The backward
 // regenerates the same normals from the seed instead of reading a stored eps.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -16,6 +16,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
+
+#include <immintrin.h>
 
 #include <cmath>
 #include <cstring>
@@ -38,13 +40,23 @@ typedef int32_t IntLanes __attribute__((vector_size(64)));
 typedef float FloatLanes __attribute__((vector_size(64)));
 typedef uint64_t WideLanes __attribute__((vector_size(64)));
 
-// High halves of a * b for 16 lanes: even lanes multiply as the low halves of 64-bit lanes, odd lanes
-// as the high halves (vpmuludq), then the two sets of high halves interleave back.
+// mul_hi_lo for 16 lanes. A 64-bit product per pair of lanes: even lanes multiply as the low halves of
+// 64-bit lanes, odd lanes as the high halves, then the halves of the products interleave back.
 template <>
-inline PhiloxLanes mul_hi<PhiloxLanes>(PhiloxLanes a, uint32_t b) {
+inline void mul_hi_lo<PhiloxLanes>(PhiloxLanes a, uint32_t b, PhiloxLanes& hi, PhiloxLanes& lo) {
+#if defined(CPU_CAPABILITY_AVX512)
+  // vpmuludq (one uop; GCC would emit the 3-uop 64-bit vpmullq for the generic code below).
+  // Mask 0xAAAA selects the odd 32-bit lanes.
+  const __m512i va = (__m512i)a, vb = _mm512_set1_epi32(int32_t(b));
+  const __m512i even = _mm512_mul_epu32(va, vb), odd = _mm512_mul_epu32(_mm512_srli_epi64(va, 32), vb);
+  hi = (PhiloxLanes)_mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+  lo = (PhiloxLanes)_mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+#else
   const WideLanes wide = (WideLanes)a, low_half = WideLanes{} + 0xffffffffull;  // vector casts keep the bits
   const WideLanes even = (wide & low_half) * uint64_t(b), odd = (wide >> 32) * uint64_t(b);
-  return (PhiloxLanes)((even >> 32) | (odd & ~low_half));
+  hi = (PhiloxLanes)((even >> 32) | (odd & ~low_half));
+  lo = a * b;
+#endif
 }
 
 namespace {
