@@ -107,8 +107,7 @@ scalar_t sum_row(const scalar_t* row, int64_t K) {
 
 // The backward needs no reduction over k except d_x, so it runs in the native [N, K] layout: a chunk
 // of elements is expanded into per-(n, k) copies of its per-element values (x, grad, the two
-// log-normalizers), then every (n, k) is one lane of contiguous vector loads and stores. The three
-// [N, K] gradients are streamed to memory (stream_store); d_mu is also kept in L1 for d_x.
+// log-normalizers), then every (n, k) is one lane of contiguous vector loads and stores.
 constexpr int64_t kBackwardChunk = 64;  // elements per chunk: 64 * K values stay in L1
 
 template <typename scalar_t>
@@ -118,17 +117,10 @@ void gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, const scalar_t
                          scalar_t* d_x, scalar_t* d_logits, scalar_t* d_mu, scalar_t* d_log_sigma) {
   using V = Vec<scalar_t>;
   constexpr int64_t W = V::size();
-  // Chunks start at multiples of 64 * K elements; streaming needs every output vector-aligned.
-  const bool aligned = [&] {
-    for (const scalar_t* p : {d_logits, d_mu, d_log_sigma})
-      if (reinterpret_cast<uintptr_t>(p) % sizeof(V) != 0) return false;
-    return true;
-  }();
   at::parallel_for(0, (N + kBackwardChunk - 1) / kBackwardChunk, 4, [&](int64_t c0, int64_t c1) {
-    std::vector<scalar_t> buf(5 * kBackwardChunk * K);
+    std::vector<scalar_t> buf(4 * kBackwardChunk * K);
     scalar_t *x_rep = buf.data(), *g_rep = x_rep + kBackwardChunk * K;
     scalar_t *lse_a_rep = g_rep + kBackwardChunk * K, *lse_l_rep = lse_a_rep + kBackwardChunk * K;
-    scalar_t* dmu_chunk = lse_l_rep + kBackwardChunk * K;
     const V vlo(lo), vhi(hi);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t n0 = c * kBackwardChunk, n1 = std::min(N, n0 + kBackwardChunk), size = (n1 - n0) * K;
@@ -150,20 +142,12 @@ void gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, const scalar_t
         const V r = g * exp_of(a - V::loadu(lse_a_rep + i, count));
         const V w = g * exp_of(l - V::loadu(lse_l_rep + i, count));
         gaussian_term_grads(r, z, inv_sigma, ls_raw, vlo, vhi, dmu, dls);
-        dmu.store(dmu_chunk + i, count);
-        if (aligned && count == W) {
-          stream_store(r - w, d_logits + off + i);
-          stream_store(dmu, d_mu + off + i);
-          stream_store(dls, d_log_sigma + off + i);
-        } else {
-          (r - w).store(d_logits + off + i, count);
-          dmu.store(d_mu + off + i, count);
-          dls.store(d_log_sigma + off + i, count);
-        }
+        (r - w).store(d_logits + off + i, count);
+        dmu.store(d_mu + off + i, count);
+        dls.store(d_log_sigma + off + i, count);
       }
-      for (int64_t n = n0; n < n1; ++n) d_x[n] = -sum_row(dmu_chunk + (n - n0) * K, K);
+      for (int64_t n = n0; n < n1; ++n) d_x[n] = -sum_row(d_mu + n * K, K);  // d_mu re-read from L1
     }
-    stream_fence();
   });
 }
 

@@ -3,8 +3,6 @@
 #pragma once
 #include <ATen/cpu/vec/vec.h>
 
-#include <type_traits>
-
 #include "common/math.h"
 
 namespace fastlv {
@@ -35,11 +33,7 @@ template <> inline Vectorized<float> exp_of(Vectorized<float> v) {
 // exp_u20: polynomial exp accurate to ~20 ulp (2.4e-6 relative), 3x faster than Sleef's u10.
 // exp_u20 does not keep NaN inputs NaN: blend them back.
 template <> inline Vectorized<float> exp_of(Vectorized<float> v) {
-#if defined(CPU_CAPABILITY_AVX512)
-  return _mm512_mask_mov_ps(v.exp_u20(), _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);  // k-mask: 2 instructions
-#else
   return Vectorized<float>::blendv(v.exp_u20(), v, v.isnan());
-#endif
 }
 #endif
 template <> inline Vectorized<double> exp_of(Vectorized<double> v) { return v.exp(); }
@@ -97,26 +91,6 @@ template <> inline Vectorized<double> where_in_range(Vectorized<double> x, Vecto
   return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, lo, _CMP_GE_OQ) & _mm512_cmp_pd_mask(x, hi, _CMP_LE_OQ), v);
 #else
   return (x >= lo) & (x <= hi) & v;
-#endif
-}
-
-// Non-temporal store of a full vector for outputs written once and not re-read by the kernel: skips the
-// read-for-ownership of each cache line (a third of a backward's traffic). p must be vector-aligned;
-// call stream_fence() before the kernel returns (streamed stores are weakly ordered).
-template <typename scalar_t>
-inline void stream_store(Vectorized<scalar_t> v, scalar_t* p) {
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<scalar_t, float>) _mm512_stream_ps(p, v); else _mm512_stream_pd(p, v);
-#elif defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<scalar_t, float>) _mm256_stream_ps(p, v); else _mm256_stream_pd(p, v);
-#else
-  v.store(p);
-#endif
-}
-
-inline void stream_fence() {
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  _mm_sfence();
 #endif
 }
 
