@@ -50,6 +50,19 @@ namespace {
 
 template <typename scalar_t>
 using Vec = at::vec::Vectorized<scalar_t>;
+}  // namespace
+
+// Vector forms of the hook of masked_linear_math.h (comparisons give all-ones lanes where true).
+template <>
+inline Vec<float> where_positive(Vec<float> x, Vec<float> v) {
+  return (x > Vec<float>(0)) & v;
+}
+template <>
+inline Vec<double> where_positive(Vec<double> x, Vec<double> v) {
+  return (x > Vec<double>(0)) & v;
+}
+
+namespace {
 
 // Output rows per panel, about: a panel's GEMMs skip the columns none of its rows keep, so more panels
 // skip more of a staircase (a fraction 1/(2P) of the dense FLOPs is left) but each GEMM gets smaller and
@@ -76,7 +89,7 @@ struct Panel {
 struct MaskPlan {
   int64_t out_features = 0, in_features = 0;
   std::vector<int64_t> row_perm, col_perm;  // permuted position -> original index; empty: identity
-  std::vector<uint8_t> keep;                // [out, in] in permuted order, 1 where W is kept
+  std::vector<std::vector<Range>> runs;     // per row: the kept columns as maximal runs (permuted order)
   std::vector<Panel> panels;                // cover the rows 0..out in order
   size_t widest = 0;                        // the panel with the most columns
 
@@ -86,21 +99,18 @@ struct MaskPlan {
 
 // About equal panels of kPanelRows rows; neighbours with the same column hull are merged (a dense mask
 // gives one panel: one GEMM per product).
-std::vector<Panel> row_panels(const uint8_t* keep, int64_t out, int64_t in) {
+std::vector<Panel> row_panels(const std::vector<std::vector<Range>>& runs, int64_t in) {
+  const int64_t out = runs.size();
   const int64_t count = std::clamp<int64_t>((out + kPanelRows / 2) / kPanelRows, 1, kMaxPanels);
   std::vector<Panel> panels;
   for (int64_t p = 0; p < count; ++p) {
     const Range rows{out * p / count, out * (p + 1) / count};
-    int64_t first = in, last = -1;  // first and last kept column of these rows
+    Range cols{in, 0};  // first kept column, last + 1
     for (int64_t r = rows.begin; r < rows.end; ++r) {
-      for (int64_t c = 0; c < in; ++c) {
-        if (keep[r * in + c]) {
-          first = std::min(first, c);
-          last = std::max(last, c);
-        }
-      }
+      if (runs[r].empty()) continue;
+      cols = {std::min(cols.begin, runs[r].front().begin), std::max(cols.end, runs[r].back().end)};
     }
-    const Range cols = last >= first ? Range{first, last + 1} : Range{0, 0};
+    if (cols.size() <= 0) cols = {0, 0};
     if (!panels.empty() && panels.back().cols == cols) {
       panels.back().rows.end = rows.end;
     } else {
@@ -130,10 +140,20 @@ std::shared_ptr<const MaskPlan> build_plan(const at::Tensor& mask) {
   plan->col_perm = sorted_order(keep.sum(0), /*descending=*/true);
   const at::Tensor keep_cpu = keep.to(at::kByte).contiguous();
   const uint8_t* k = keep_cpu.data_ptr<uint8_t>();
-  plan->keep.resize(out * in);
-  for (int64_t r = 0; r < out; ++r)
-    for (int64_t c = 0; c < in; ++c) plan->keep[r * in + c] = k[plan->row(r) * in + plan->col(c)];
-  plan->panels = row_panels(plan->keep.data(), out, in);
+  plan->runs.resize(out);
+  for (int64_t r = 0; r < out; ++r) {
+    std::vector<Range>& runs = plan->runs[r];
+    const uint8_t* keep_row = k + plan->row(r) * in;
+    for (int64_t c = 0; c < in; ++c) {
+      if (!keep_row[plan->col(c)]) continue;
+      if (!runs.empty() && runs.back().end == c) {
+        ++runs.back().end;
+      } else {
+        runs.push_back({c, c + 1});
+      }
+    }
+  }
+  plan->panels = row_panels(plan->runs, in);
   for (size_t p = 0; p < plan->panels.size(); ++p)
     if (plan->panels[p].cols.size() > plan->panels[plan->widest].cols.size()) plan->widest = p;
   return plan;
@@ -190,22 +210,31 @@ std::shared_ptr<const MaskPlan> cached_plan(const at::Tensor& mask) {
   return plan;
 }
 
-// Wm in permuted order: W[row(r), col(c)] where kept, exactly 0 elsewhere.
+// Wm in permuted order, within each panel's columns (the GEMMs read nothing else): W[row(r), col(c)]
+// where kept, exactly 0 elsewhere.
 template <typename scalar_t>
 at::Tensor masked_weight(const at::Tensor& weight, const MaskPlan& plan) {
-  const int64_t out = plan.out_features, in = plan.in_features;
-  at::Tensor wm = at::empty({out, in}, weight.options());
+  const int64_t in = plan.in_features;
+  at::Tensor wm = at::empty({plan.out_features, in}, weight.options());
   const scalar_t* w = weight.data_ptr<scalar_t>();
   scalar_t* dst = wm.data_ptr<scalar_t>();
-  at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const scalar_t* src = w + plan.row(r) * in;
-      const uint8_t* keep = plan.keep.data() + r * in;
-      scalar_t* row = dst + r * in;
-      if (plan.col_perm.empty()) {
-        for (int64_t c = 0; c < in; ++c) row[c] = keep[c] ? src[c] : scalar_t(0);
-      } else {
-        for (int64_t c = 0; c < in; ++c) row[c] = keep[c] ? src[plan.col_perm[c]] : scalar_t(0);
+  at::parallel_for(0, int64_t(plan.panels.size()), 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const Range cols = plan.panels[p].cols;
+      for (int64_t r = plan.panels[p].rows.begin; r < plan.panels[p].rows.end; ++r) {
+        const scalar_t* src = w + plan.row(r) * in;
+        scalar_t* row = dst + r * in;
+        int64_t c = cols.begin;  // written up to here
+        for (const Range& run : plan.runs[r]) {
+          std::fill(row + c, row + run.begin, scalar_t(0));
+          if (plan.col_perm.empty()) {
+            std::copy(src + run.begin, src + run.end, row + run.begin);
+          } else {
+            for (int64_t j = run.begin; j < run.end; ++j) row[j] = src[plan.col_perm[j]];
+          }
+          c = run.end;
+        }
+        std::fill(row + c, row + cols.end, scalar_t(0));
       }
     }
   });
@@ -229,6 +258,7 @@ at::Tensor permuted_columns(const at::Tensor& x, const MaskPlan& plan) {
 
 // Rows of x per parallel chunk: at most kChunkRows, and a multiple of the thread count of chunks.
 int64_t chunk_rows(int64_t N) {
+  if (getenv("ML_CHUNK")) return std::max<int64_t>(1, (N + atoi(getenv("ML_CHUNK")) - 1) / atoi(getenv("ML_CHUNK")));
   const int64_t threads = at::get_num_threads();
   const int64_t chunks = threads * std::max<int64_t>(1, (N + threads * kChunkRows - 1) / (threads * kChunkRows));
   return std::max<int64_t>(1, (N + chunks - 1) / chunks);
@@ -338,15 +368,21 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
       scalar_t* partial = partials + c * out;
       for (int64_t n = chunk.begin; n < chunk.end; ++n) {
         scalar_t* gz_row = gz_data + n * out;
-        if (!gz_is_grad) {
+        const scalar_t *g_row = g + n * out, *out_row = output != nullptr ? output + n * out : nullptr;
+        if (!gz_is_grad && !plan.row_perm.empty()) {
           for (int64_t r = 0; r < out; ++r) {
-            const int64_t o = plan.row(r);
-            gz_row[r] = activation_grad(g[n * out + o], output != nullptr ? output[n * out + o] : scalar_t(0), act);
+            const int64_t o = plan.row_perm[r];
+            gz_row[r] = activation_grad(g_row[o], out_row != nullptr ? out_row[o] : scalar_t(0), act);
           }
         }
         for (int64_t r = 0; r < out; r += V::size()) {
           const int64_t count = std::min<int64_t>(V::size(), out - r);
-          (V::loadu(partial + r, count) + V::loadu(gz_row + r, count)).store(partial + r, count);
+          V gz_vec = V::loadu(gz_row + r, count);
+          if (!gz_is_grad && plan.row_perm.empty()) {  // relu, rows in place
+            gz_vec = activation_grad(V::loadu(g_row + r, count), V::loadu(out_row + r, count), act);
+            gz_vec.store(gz_row + r, count);
+          }
+          (V::loadu(partial + r, count) + gz_vec).store(partial + r, count);
         }
       }
       const at::Tensor gx_rows = gxp.narrow(0, chunk.begin, chunk.end - chunk.begin);
@@ -384,10 +420,20 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
   scalar_t* gw_data = grad_w.data_ptr<scalar_t>();
   at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const uint8_t* keep = plan.keep.data() + r * in;
       const scalar_t* src = gwp_data + r * in;
       scalar_t* dst = gw_data + plan.row(r) * in;
-      for (int64_t c = 0; c < in; ++c) dst[plan.col(c)] = keep[c] ? src[c] : scalar_t(0);
+      if (gwp_data == gw_data) {  // in place: zero what lies between the runs
+        int64_t c = 0;
+        for (const Range& run : plan.runs[r]) {
+          std::fill(dst + c, dst + run.begin, scalar_t(0));
+          c = run.end;
+        }
+        std::fill(dst + c, dst + in, scalar_t(0));
+      } else {  // scatter the runs back to the original column order
+        std::fill(dst, dst + in, scalar_t(0));
+        for (const Range& run : plan.runs[r])
+          for (int64_t j = run.begin; j < run.end; ++j) dst[plan.col(j)] = src[j];
+      }
     }
   });
 }
