@@ -258,7 +258,6 @@ at::Tensor permuted_columns(const at::Tensor& x, const MaskPlan& plan) {
 
 // Rows of x per parallel chunk: at most kChunkRows, and a multiple of the thread count of chunks.
 int64_t chunk_rows(int64_t N) {
-  if (getenv("ML_CHUNK")) return std::max<int64_t>(1, (N + atoi(getenv("ML_CHUNK")) - 1) / atoi(getenv("ML_CHUNK")));
   const int64_t threads = at::get_num_threads();
   const int64_t chunks = threads * std::max<int64_t>(1, (N + threads * kChunkRows - 1) / (threads * kChunkRows));
   return std::max<int64_t>(1, (N + chunks - 1) / chunks);
