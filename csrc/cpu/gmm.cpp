@@ -37,9 +37,10 @@ struct Block {
   using Index = Vec<at::vec::int_same_size_t<scalar_t>>;
   static constexpr int64_t W = V::size();
   Index stride;  // [0, K, 2K, ...]
-  explicit Block(int64_t K) : stride(Index::arange(0, K)) {}
+  bool contiguous;  // K == 1: a plain vector load
+  explicit Block(int64_t K) : stride(Index::arange(0, K)), contiguous(K == 1) {}
   V load(const scalar_t* params, int64_t k) const {
-    return at::vec::gather<sizeof(scalar_t)>(params + k, stride);
+    return contiguous ? V::loadu(params) : at::vec::gather<sizeof(scalar_t)>(params + k, stride);
   }
 };
 
@@ -107,7 +108,8 @@ scalar_t sum_row(const scalar_t* row, int64_t K) {
 
 // The backward needs no reduction over k except d_x, so it runs in the native [N, K] layout: a chunk
 // of elements is expanded into per-(n, k) copies of its per-element values (x, grad, the two
-// log-normalizers), then every (n, k) is one lane of contiguous vector loads and stores.
+// log-normalizers), then every (n, k) is one lane of contiguous vector loads and stores. With one
+// component the per-element arrays already are in that layout, and d_x = -d_mu.
 constexpr int64_t kBackwardChunk = 64;  // elements per chunk: 64 * K values stay in L1
 
 template <typename scalar_t>
@@ -118,35 +120,41 @@ void gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, const scalar_t
   using V = Vec<scalar_t>;
   constexpr int64_t W = V::size();
   at::parallel_for(0, (N + kBackwardChunk - 1) / kBackwardChunk, 4, [&](int64_t c0, int64_t c1) {
-    std::vector<scalar_t> buf(4 * kBackwardChunk * K);
+    std::vector<scalar_t> buf(K > 1 ? 4 * kBackwardChunk * K : 0);
     scalar_t *x_rep = buf.data(), *g_rep = x_rep + kBackwardChunk * K;
     scalar_t *lse_a_rep = g_rep + kBackwardChunk * K, *lse_l_rep = lse_a_rep + kBackwardChunk * K;
     const V vlo(lo), vhi(hi);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t n0 = c * kBackwardChunk, n1 = std::min(N, n0 + kBackwardChunk), size = (n1 - n0) * K;
-      for (int64_t n = n0; n < n1; ++n) {
-        const int64_t i = (n - n0) * K;
-        std::fill_n(x_rep + i, K, x[n]);
-        std::fill_n(g_rep + i, K, grad[n]);
-        std::fill_n(lse_a_rep + i, K, lse_components[n]);
-        std::fill_n(lse_l_rep + i, K, lse_logits[n]);
+      const scalar_t *xs = x + n0, *gs = grad + n0, *lse_a = lse_components + n0, *lse_l = lse_logits + n0;
+      if (K > 1) {
+        for (int64_t n = n0; n < n1; ++n) {
+          const int64_t i = (n - n0) * K;
+          std::fill_n(x_rep + i, K, x[n]);
+          std::fill_n(g_rep + i, K, grad[n]);
+          std::fill_n(lse_a_rep + i, K, lse_components[n]);
+          std::fill_n(lse_l_rep + i, K, lse_logits[n]);
+        }
+        xs = x_rep, gs = g_rep, lse_a = lse_a_rep, lse_l = lse_l_rep;
       }
       const int64_t off = n0 * K;
       for (int64_t i = 0; i < size; i += W) {
         const int64_t count = std::min(W, size - i);
         V z, inv_sigma, dmu, dls;
         const V l = V::loadu(logits + off + i, count), ls_raw = V::loadu(log_sigma + off + i, count);
-        const V a = l + gaussian_log_density(V::loadu(x_rep + i, count), V::loadu(mu + off + i, count),
+        const V a = l + gaussian_log_density(V::loadu(xs + i, count), V::loadu(mu + off + i, count),
                                              clamp_of(ls_raw, vlo, vhi), z, inv_sigma);
-        const V g = V::loadu(g_rep + i, count);
-        const V r = g * exp_of(a - V::loadu(lse_a_rep + i, count));
-        const V w = g * exp_of(l - V::loadu(lse_l_rep + i, count));
+        const V g = V::loadu(gs + i, count);
+        const V r = g * exp_of(a - V::loadu(lse_a + i, count));
+        const V w = g * exp_of(l - V::loadu(lse_l + i, count));
         gaussian_term_grads(r, z, inv_sigma, ls_raw, vlo, vhi, dmu, dls);
         (r - w).store(d_logits + off + i, count);
         dmu.store(d_mu + off + i, count);
         dls.store(d_log_sigma + off + i, count);
+        if (K == 1) (V(0) - dmu).store(d_x + n0 + i, count);
       }
-      for (int64_t n = n0; n < n1; ++n) d_x[n] = -sum_row(d_mu + n * K, K);  // d_mu re-read from L1
+      if (K > 1)
+        for (int64_t n = n0; n < n1; ++n) d_x[n] = -sum_row(d_mu + n * K, K);  // d_mu re-read from L1
     }
   });
 }
