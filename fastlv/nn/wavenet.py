@@ -35,6 +35,16 @@ def _time_major(t: Tensor) -> Tensor:
     return t.permute(2, 0, 1)
 
 
+def _time_major_contiguous(t: Tensor) -> Tensor:
+    """[B, C, T] -> contiguous [T, B, C] (no copy if t has time-major memory). A contiguous [B, C, T] is
+    the matrix [B * C, T], whose transpose [T, B * C] is the time-major memory: one 2-D transposed copy,
+    about 2x faster than copying the 3-D permutation."""
+    if t.is_contiguous() and not _time_major(t).is_contiguous():
+        B, C, T = t.shape
+        return t.reshape(B * C, T).t().contiguous().view(T, B, C)
+    return _time_major(t).contiguous()
+
+
 def _channels_first(t: Tensor) -> Tensor:
     """[T, B, C] -> [B, C, T] view."""
     return t.permute(1, 2, 0)
@@ -115,9 +125,9 @@ class WaveNetBlock(nn.Module):
         return residual, y if self.skip is None else self.skip(h_tm)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x = _channels_first(_time_major(x).contiguous())  # time-major memory (no copy if it already is)
-        h = gated_causal_conv1d(x, self.weight, self.bias, self.dilation, self._cond_term(cond))
-        residual, skip = self._outputs(_time_major(x), _time_major(h))
+        x_tm = _time_major_contiguous(x)
+        h = gated_causal_conv1d(_channels_first(x_tm), self.weight, self.bias, self.dilation, self._cond_term(cond))
+        residual, skip = self._outputs(x_tm, _time_major(h))
         return _channels_first(residual), _channels_first(skip)
 
     @torch.no_grad()

@@ -119,9 +119,12 @@ def _setup_context(ctx, inputs, output):
     # How cond broadcasts over time: None (no cond), "local" [B, 2C, T] or "global" [B, 2C, 1].
     ctx.cond_kind = None if cond is None else "local" if cond.shape[2] == x.shape[2] else "global"
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # pre gets no gradient: no [T, B, 2 C_out] zero tensor in the backward
 
 
 def _backward(ctx, grad, _grad_pre):  # pre is an internal output, saved for the backward
+    if grad is None:  # no gradient reached out (grads are not materialized as zeros, see _setup_context)
+        return None, None, None, None, None
     x, weight, pre = ctx.saved_tensors
     d_x, d_weight, d_bias, d_pre = _gated_conv_backward_op(grad, x, weight, pre, ctx.dilation)
     d_cond = None
