@@ -36,13 +36,12 @@ def _time_major(t: Tensor) -> Tensor:
 
 
 def _time_major_contiguous(t: Tensor) -> Tensor:
-    """[B, C, T] -> contiguous [T, B, C] (no copy if t has time-major memory). A contiguous [B, C, T] is
-    the matrix [B * C, T], whose transpose [T, B * C] is the time-major memory: one 2-D transposed copy,
-    about 2x faster than copying the 3-D permutation."""
-    if t.is_contiguous() and not _time_major(t).is_contiguous():
-        B, C, T = t.shape
-        return t.reshape(B * C, T).t().contiguous().view(T, B, C)
-    return _time_major(t).contiguous()
+    """[B, C, T] -> contiguous [T, B, C] (no copy if t has time-major memory). From other memory it is two
+    copies, [B, C, T] -> [B, T, C] (per-sequence 2-D transposes) -> [T, B, C] (moves whole C-rows): about 2.5x
+    faster on the CPU than copying the 3-D permutation, whose innermost loop strides through memory."""
+    if _time_major(t).is_contiguous():
+        return _time_major(t)
+    return t.transpose(1, 2).contiguous().transpose(0, 1).contiguous()
 
 
 def _channels_first(t: Tensor) -> Tensor:
@@ -184,9 +183,10 @@ class _ResidualSkip(torch.autograd.Function):
             grad_y = grad_skip if grad_residual is None else grad_residual if grad_skip is None else grad_residual + grad_skip
             g_res, g_skip = _as_rows(grad_y), None
         else:
-            g_res, g_skip = _as_rows(grad_residual), _as_rows(grad_skip)
-            if g_res is not None:
-                d_inp = g_res.view(grad_residual.shape)  # reuse the contiguous copy
+            # The contiguous copy itself, not a view of it, is inp's gradient: autograd can then add inp's
+            # other gradient (through the gated convolution) into it in place.
+            d_inp = None if grad_residual is None else grad_residual.contiguous()
+            g_res, g_skip = _as_rows(d_inp), _as_rows(grad_skip)
         d_h = None
         for g, weight in ((g_res, res_weight), (g_skip, skip_weight)):
             if g is not None:
