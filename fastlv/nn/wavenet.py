@@ -4,7 +4,8 @@
 convolution (:func:`fastlv.ops.gated_causal_conv1d`), then 1x1 convolutions giving the residual and the
 skip output. With ``skip_channels=None`` (STCN's code) there is one 1x1 convolution whose output is the
 skip and is added to the input for the residual; with ``skip_channels=S`` (WaveNet) the residual and skip
-1x1 convolutions are separate, stacked into one GEMM.
+1x1 convolutions are separate GEMMs on the gated activations (one custom backward for both, see
+``_ResidualSkip``).
 
 ``TCN``: L levels of K blocks with dilations 1, 2, ..., 2^(K-1) in every level; the output of level l is
 the representation d^l that STCN conditions latent layer l on (Sec. 2.1 Eq. 2, Appendix 7.1: speech
