@@ -168,8 +168,7 @@ class _ResidualSkip(torch.autograd.Function):
             skip = torch.addmm(res_bias, rows, res_weight.t()).view(inp.shape)
             residual = inp + skip
         else:
-            residual = torch.addmm(inp.reshape(rows.shape[0], -1), rows, res_weight.t()).add_(res_bias)
-            residual = residual.view(inp.shape)
+            residual = (inp.reshape(rows.shape[0], -1) + res_bias).addmm_(rows, res_weight.t()).view(inp.shape)
             skip = torch.addmm(skip_bias, rows, skip_weight.t()).view(*inp.shape[:-1], -1)
         ctx.save_for_backward(rows, res_weight, skip_weight)
         ctx.h_shape = h.shape
