@@ -49,6 +49,21 @@ def test_matches_conv1d_reference(backend, k, dilation):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dilation", [1, 500])
+def test_many_row_panels(backend, dilation):
+    """T * B = 2400 time-major rows: the C++ kernel splits them into row panels of 1024 run in parallel
+    (with their own GEMMs), and dilation 500 shifts by 1500 rows, across panels."""
+    name, device = backend
+    if device.type == "cpu" and name == "triton":
+        pytest.skip("too many program instances for the interpreter; the panels are a C++ CPU detail")
+    inputs = conv_inputs(3, 5, 4, 800, 2, cond="local", dtype=torch.float64, device=device)
+    out, got = grads(gated_causal_conv1d, inputs, dilation)
+    ref, want = grads(gated_causal_conv1d_ref, inputs, dilation)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("cond", ["local", "global"])
 def test_conditioning_and_batch_one(backend, cond):
     _, device = backend

@@ -43,6 +43,42 @@ def test_block_matches_conv1d_block(backend, skip_channels, in_channels, cond):
     torch.testing.assert_close(skip, want_skip, rtol=1e-5, atol=1e-5)
 
 
+def functional_block(block: WaveNetBlock, x, cond):
+    """conv1d_block with the block's own parameters (F.conv1d), so that autograd reaches them."""
+    k, d = block.kernel_size, block.dilation
+    pre = F.conv1d(F.pad(x, ((k - 1) * d, 0)), block.weight, block.bias, dilation=d)
+    pre = pre + F.conv1d(cond, block.cond_proj.weight[:, :, None])
+    f, g = pre.chunk(2, 1)
+    h = torch.tanh(f) * torch.sigmoid(g)
+    y = F.conv1d(h, block.res.weight[:, :, None], block.res.bias)
+    inp = x if block.input_proj is None else F.conv1d(x, block.input_proj.weight[:, :, None])
+    return inp + y, y if block.skip is None else F.conv1d(h, block.skip.weight[:, :, None], block.skip.bias)
+
+
+@pytest.mark.parametrize("skip_channels,in_channels", [(None, 6), (5, 4), (6, 6)])
+@pytest.mark.parametrize("used", ["both", "residual", "skip"])
+def test_block_gradients_match_conv1d_block(backend, skip_channels, in_channels, used):
+    """Gradients of x and every parameter (the residual/skip 1x1 convolutions have their own backward),
+    also when only one of the two outputs reaches the loss."""
+    _, device = backend
+    torch.manual_seed(0)
+    block = WaveNetBlock(in_channels, 6, 2, 4, skip_channels=skip_channels, cond_channels=3).to(device, torch.float64)
+    x = torch.randn(2, in_channels, 30, device=device, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(2, 3, 30, device=device, dtype=torch.float64)
+    leaves = [x, *block.parameters()]
+
+    def loss(outputs):
+        weights = [torch.linspace(0.5, 1.5, o.numel(), device=device, dtype=o.dtype).view_as(o) for o in outputs]
+        return sum((outputs[i] * weights[i]).sum() for i in {"both": (0, 1), "residual": (0,), "skip": (1,)}[used])
+
+    got = torch.autograd.grad(loss(block(x, c)), leaves, allow_unused=True)
+    want = torch.autograd.grad(loss(functional_block(block, x, c)), leaves, allow_unused=True)
+    for (name, _), a, b in zip([("x", x), *block.named_parameters()], got, want):
+        assert (a is None) == (b is None), name  # unused skip (or residual) convolution: no gradient
+        if a is not None:
+            torch.testing.assert_close(a, b, msg=name)
+
+
 def test_tcn_structure_and_levels():
     tcn = TCN(3, 8, levels=5, blocks_per_level=5)  # STCN speech: 25 blocks, dilations 1..16 per level
     assert [b.dilation for b in tcn.blocks] == [1, 2, 4, 8, 16] * 5

@@ -9,20 +9,33 @@
 // convolutions are one GEMM. Inputs of any strides are accepted; a [B, C, T] tensor whose memory is
 // time-major (x.permute(2, 0, 1) contiguous) is used without a copy, and the output has that memory.
 //
-// Forward: k GEMMs (ATen/MKL), then one vectorized pass adds bias + conditioning into the
-// pre-activations (kept for the backward) and applies the gate. Saving pre ([T, B, 2 C_out]) instead of
-// recomputing it costs memory but saves the forward GEMMs again (a third of the backward's FLOPs).
-// Backward: one vectorized pass gives d_pre and the bias gradient, then k GEMMs for d_x and k for d_W.
+// Row panels: the elementwise work is fused with the GEMMs that produce or consume it. Each parallel
+// task takes a panel of kPanelRows rows, runs its GEMMs single-threaded (at::cpu:: GEMMs: no dispatcher, so
+// no autograd check in worker threads; MKL is single-threaded inside at::parallel_for)
+// and applies the elementwise pass while the panel is in cache, so pre / d_pre cross memory once.
+// Forward: per panel, the k tap GEMMs, then bias + conditioning are added into the pre-activations
+// (kept for the backward) and the gate is applied. Saving pre ([T, B, 2 C_out]) instead of recomputing it
+// costs memory but saves the forward GEMMs again (a third of the backward's FLOPs).
+// Backward: per panel, d_pre and its bias partial sums, then d_x = d_pre @ W_{k-1} (the unshifted tap);
+// then whole-matrix GEMMs for the shifted taps' d_x (their rows cross panels) and for every d_W (long
+// reductions over all rows, which MKL runs best as one call).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/addmm_cpu_dispatch.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/mm_cpu_dispatch.h>
 #include <ATen/ops/zeros.h>
+#include <c10/util/accumulate.h>
+#include <sys/mman.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <new>
 #include <tuple>
 #include <vector>
 
@@ -36,7 +49,25 @@ namespace {
 template <typename scalar_t>
 using Vec = at::vec::Vectorized<scalar_t>;
 
-constexpr int64_t kRowsPerTask = 16;  // grain of the elementwise passes, in rows of 2 * C_out values
+// Rows per parallel task: a panel's pre-activations (1024 x 2 C_out) and inputs stay in cache between its
+// GEMMs and its elementwise pass, and the panel GEMMs are still large enough for MKL's full rate.
+constexpr int64_t kPanelRows = 1024;
+
+int64_t panel_count(int64_t rows) { return (rows + kPanelRows - 1) / kPanelRows; }
+
+// A new [T, B, C] buffer of tens of MB (pre, d_pre, out, d_x) comes from fresh pages, and faulting them
+// in 4 KB at a time costs about as much as a pass over the buffer. Large buffers are therefore allocated
+// 2 MB-aligned with transparent huge pages requested (madvise; the kernel's default mode), which cuts
+// the faults 512-fold. Small ones use the default allocator.
+at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  constexpr size_t kHugePage = size_t(2) << 20;
+  const size_t nbytes = c10::multiply_integers(sizes) * options.dtype().itemsize();
+  if (nbytes < 4 * kHugePage) return at::empty(sizes, options);
+  void* data = nullptr;
+  if (posix_memalign(&data, kHugePage, nbytes) != 0) throw std::bad_alloc();
+  madvise(data, nbytes, MADV_HUGEPAGE);  // a hint: without THP support the buffer just has 4 KB pages
+  return at::from_blob(data, sizes, [](void* p) { std::free(p); }, options);
+}
 
 // Adds bias (+ this row's conditioning) into the pre-activations of `rows` rows starting at row r0 and
 // writes the gated output. cond is null, [B, 2C] (global) or [T * B, 2C] (local).
@@ -93,26 +124,33 @@ std::tuple<at::Tensor, at::Tensor> gated_causal_conv1d_cpu(const at::Tensor& x, 
                                                            const c10::optional<at::Tensor>& cond) {
   check_conv_forward_args(x, weight, bias, dilation, cond);
   const int64_t B = x.size(0), T = x.size(2), C2 = weight.size(0), C = C2 / 2, k = weight.size(2);
+  const int64_t rows = T * B;
   const CondRows cond_rows = cond_rows_of(cond, T);
-  const at::Tensor x_rows = time_major(x);                      // [T * B, C_in]
+  const at::Tensor x_rows = time_major(x);                           // [T * B, C_in]
   const at::Tensor w_taps = weight.permute({2, 0, 1}).contiguous();  // [k, 2C, C_in]
   const at::Tensor bias_c = bias.contiguous();
-  at::Tensor pre = at::empty({T, B, C2}, x.options());
-  at::Tensor out = at::empty({T, B, C}, x.options());
-  at::Tensor pre_rows = pre.view({T * B, C2});
-  at::mm_out(pre_rows, x_rows, w_taps[k - 1].t());
-  for (int64_t j = 0; j < k - 1; ++j) {
-    const int64_t s = tap_shift(j, k, dilation);
-    if (s >= T) continue;  // the tap only sees the zero padding
-    pre_rows.narrow(0, s * B, (T - s) * B).addmm_(x_rows.narrow(0, 0, (T - s) * B), w_taps[j].t());
-  }
+  at::Tensor pre = empty_buffer({T, B, C2}, x.options());
+  at::Tensor out = empty_buffer({T, B, C}, x.options());
+  at::Tensor pre_rows = pre.view({rows, C2});
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_causal_conv1d_cpu", [&] {
     scalar_t* pre_p = pre.data_ptr<scalar_t>();
     scalar_t* out_p = out.data_ptr<scalar_t>();
     const scalar_t* bias_p = bias_c.data_ptr<scalar_t>();
     const scalar_t* cond_p = cond_rows.rows.defined() ? cond_rows.rows.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, T * B, kRowsPerTask, [&](int64_t r0, int64_t r1) {
-      gate_rows(pre_p, bias_p, cond_p, cond_rows.local, r0, r1, B, C, out_p);
+    at::parallel_for(0, panel_count(rows), 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t r0 = p * kPanelRows, r1 = std::min(rows, r0 + kPanelRows);
+        at::Tensor pre_panel = pre_rows.narrow(0, r0, r1 - r0);
+        at::cpu::mm_out(pre_panel, x_rows.narrow(0, r0, r1 - r0), w_taps[k - 1].t());
+        for (int64_t j = 0; j < k - 1; ++j) {
+          // Tap j adds x row r - shift into pre row r for r >= shift (earlier rows see the zero padding).
+          const int64_t shift = tap_shift(j, k, dilation) * B, lo = std::max(r0, shift);
+          if (lo >= r1) continue;
+          at::Tensor pre_tap = pre_rows.narrow(0, lo, r1 - lo);
+          at::cpu::addmm_(pre_tap, x_rows.narrow(0, lo - shift, r1 - lo), w_taps[j].t());
+        }
+        gate_rows(pre_p, bias_p, cond_p, cond_rows.local, r0, r1, B, C, out_p);
+      }
     });
   });
   return {out.permute({1, 2, 0}), pre};
@@ -124,32 +162,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_causal_conv1d_b
   check_conv_backward_args(grad, x, weight, pre, dilation);
   const int64_t B = x.size(0), C_in = x.size(1), T = x.size(2), C2 = weight.size(0), C = C2 / 2,
                 k = weight.size(2);
+  const int64_t rows = T * B, panels = panel_count(rows);
   const at::Tensor grad_rows = time_major(grad.to(x.scalar_type()));  // [T * B, C]
   const at::Tensor pre_c = pre.contiguous();
-  at::Tensor d_pre = at::empty({T, B, C2}, x.options());
-  const int64_t rows = T * B;
-  // The bias gradient sums d_pre over rows: one partial sum per chunk of rows, added up at the end.
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows / kRowsPerTask, 4 * at::get_num_threads()));
-  at::Tensor bias_partial = at::zeros({chunks, C2}, x.options());
+  const at::Tensor x_rows = time_major(x);                           // [T * B, C_in]
+  const at::Tensor w_taps = weight.permute({2, 0, 1}).contiguous();  // [k, 2C, C_in]
+  at::Tensor d_pre = empty_buffer({T, B, C2}, x.options());
+  at::Tensor d_pre_rows = d_pre.view({rows, C2});
+  at::Tensor d_x = empty_buffer({T, B, C_in}, x.options());
+  at::Tensor d_x_rows = d_x.view({rows, C_in});
+  // The bias gradient sums d_pre over rows: one partial sum per panel, added up at the end.
+  at::Tensor bias_partial = at::zeros({panels, C2}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_causal_conv1d_backward_cpu", [&] {
     const scalar_t* g_p = grad_rows.data_ptr<scalar_t>();
     const scalar_t* pre_p = pre_c.data_ptr<scalar_t>();
     scalar_t* d_p = d_pre.data_ptr<scalar_t>();
     scalar_t* partial_p = bias_partial.data_ptr<scalar_t>();
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t chunk = c0; chunk < c1; ++chunk) {
-        gate_backward_rows(g_p, pre_p, rows * chunk / chunks, rows * (chunk + 1) / chunks, C, d_p,
-                           partial_p + chunk * C2);
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t r0 = p * kPanelRows, r1 = std::min(rows, r0 + kPanelRows);
+        gate_backward_rows(g_p, pre_p, r0, r1, C, d_p, partial_p + p * C2);
+        at::Tensor d_x_panel = d_x_rows.narrow(0, r0, r1 - r0);
+        at::cpu::mm_out(d_x_panel, d_pre_rows.narrow(0, r0, r1 - r0), w_taps[k - 1]);  // unshifted tap
       }
     });
   });
-  const at::Tensor x_rows = time_major(x);
-  const at::Tensor w_taps = weight.permute({2, 0, 1}).contiguous();  // [k, 2C, C_in]
-  at::Tensor d_pre_rows = d_pre.view({rows, C2});
-  at::Tensor d_x = at::empty({T, B, C_in}, x.options());
-  at::Tensor d_x_rows = d_x.view({rows, C_in});
   at::Tensor d_w_taps = at::empty({k, C2, C_in}, x.options());
-  at::mm_out(d_x_rows, d_pre_rows, w_taps[k - 1]);
   for (int64_t j = 0; j < k; ++j) {
     const int64_t s = tap_shift(j, k, dilation);
     at::Tensor d_w = d_w_taps[j];

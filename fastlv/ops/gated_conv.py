@@ -13,9 +13,9 @@ offset of one matrix (no padded copies, one large GEMM per tap). Inputs of any s
 copy, and the output has that memory layout (call ``.contiguous()`` for ``[B, C, T]`` memory). Stacking
 blocks therefore never transposes (see :class:`fastlv.nn.TCN`).
 
-Kernels (selected by ``fastlv._backend``): C++ CPU (csrc/cpu/gated_conv.cpp, ATen/MKL GEMMs + one
-vectorized gate pass), CUDA (csrc/cuda/gated_conv.cu), Triton (triton_kernels/gated_conv.py) and the
-pure-PyTorch references below. The forward saves the pre-activations ``[T, B, 2 C_out]`` for the
+Kernels (selected by ``fastlv._backend``): C++ CPU (csrc/cpu/gated_conv.cpp, MKL GEMMs over row panels,
+each fused with its vectorized gate pass), CUDA (csrc/cuda/gated_conv.cu), Triton
+(triton_kernels/gated_conv.py) and the pure-PyTorch references below. The forward saves the pre-activations ``[T, B, 2 C_out]`` for the
 backward: recomputing them would repeat the forward GEMMs, a third of the backward's FLOPs.
 """
 from __future__ import annotations
@@ -119,9 +119,12 @@ def _setup_context(ctx, inputs, output):
     # How cond broadcasts over time: None (no cond), "local" [B, 2C, T] or "global" [B, 2C, 1].
     ctx.cond_kind = None if cond is None else "local" if cond.shape[2] == x.shape[2] else "global"
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # pre gets no gradient: no [T, B, 2 C_out] zero tensor in the backward
 
 
 def _backward(ctx, grad, _grad_pre):  # pre is an internal output, saved for the backward
+    if grad is None:  # no gradient reached out (grads are not materialized as zeros, see _setup_context)
+        return None, None, None, None, None
     x, weight, pre = ctx.saved_tensors
     d_x, d_weight, d_bias, d_pre = _gated_conv_backward_op(grad, x, weight, pre, ctx.dilation)
     d_cond = None
