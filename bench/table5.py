@@ -81,7 +81,7 @@ def time_steps(setups: dict[str, tuple], repeats: int) -> dict[str, float]:
 
 
 def run(full: bool = False, repeats: int | None = None, batch: int = 32) -> list[dict]:
-    repeats = repeats or (5 if full else 3)
+    repeats = repeats or (5 if full else 7)
     setups, models = {}, {}
     for entry in ENTRIES:
         model = build(entry, full)
