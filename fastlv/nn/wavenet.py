@@ -119,6 +119,9 @@ class WaveNetBlock(nn.Module):
     def _outputs(self, x_tm: Tensor, h_tm: Tensor) -> tuple[Tensor, Tensor]:
         """Residual and skip from the block input and the gated activations, both [..., C] time-major."""
         inp = x_tm if self.input_proj is None else self.input_proj(x_tm)
+        if not torch.is_grad_enabled():  # generation steps: plain products, no autograd.Function call
+            y = self.res(h_tm)
+            return inp + y, y if self.skip is None else self.skip(h_tm)
         skip_weight, skip_bias = (None, None) if self.skip is None else (self.skip.weight, self.skip.bias)
         return _ResidualSkip.apply(inp, h_tm, self.res.weight, self.res.bias, skip_weight, skip_bias)
 
