@@ -127,7 +127,8 @@ class WaveNetBlock(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x_tm = _time_major_contiguous(x)
-        h = gated_causal_conv1d(_channels_first(x_tm), self.weight, self.bias, self.dilation, self._cond_term(cond))
+        h = gated_causal_conv1d(_channels_first(x_tm), self.weight, self.bias, self.dilation,
+                                self._cond_term(cond))
         residual, skip = self._outputs(x_tm, _time_major(h))
         return _channels_first(residual), _channels_first(skip)
 
@@ -183,7 +184,7 @@ class _ResidualSkip(torch.autograd.Function):
         rows, res_weight, skip_weight = ctx.saved_tensors
         d_inp = grad_residual
         if skip_weight is None:  # skip is the residual branch's y, which gets both gradients
-            grad_y = grad_skip if grad_residual is None else grad_residual if grad_skip is None else grad_residual + grad_skip
+            grad_y = sum(g for g in (grad_residual, grad_skip) if g is not None)  # at least one is given
             g_res, g_skip = _as_rows(grad_y), None
         else:
             # The contiguous copy itself, not a view of it, is inp's gradient: autograd can then add inp's

@@ -15,8 +15,9 @@ blocks therefore never transposes (see :class:`fastlv.nn.TCN`).
 
 Kernels (selected by ``fastlv._backend``): C++ CPU (csrc/cpu/gated_conv.cpp, MKL GEMMs over row panels,
 each fused with its vectorized gate pass), CUDA (csrc/cuda/gated_conv.cu), Triton
-(triton_kernels/gated_conv.py) and the pure-PyTorch references below. The forward saves the pre-activations ``[T, B, 2 C_out]`` for the
-backward: recomputing them would repeat the forward GEMMs, a third of the backward's FLOPs.
+(triton_kernels/gated_conv.py) and the pure-PyTorch references below. The forward saves the
+pre-activations ``[T, B, 2 C_out]`` for the backward: recomputing them would repeat the forward GEMMs,
+a third of the backward's FLOPs.
 """
 from __future__ import annotations
 
