@@ -32,6 +32,17 @@ def backend(request):
         yield request.param, torch.device(device)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models and shapes are dispatch-bound: on the shared 2-core machine a second OpenMP thread only
+    waits (measured 10-50x slower per step under load). One thread also keeps the allocator arenas fixed
+    (tests/test_memory.py). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _triton_installed():
     try:
         import triton  # noqa: F401

@@ -10,14 +10,7 @@ from fastlv.nn import MADE, LowLevelLSTM, LowLevelMADE, hidden_degrees, input_de
 from fastlv.nn.made import hierarchical_output
 from fastlv.ops import gmm_log_prob_ref
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny modules are dispatch-bound; on the shared 2-core machine a second thread only waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def output_jacobian(fn, x):

@@ -23,7 +23,8 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 INF = float("inf")
 K = torch.ops.fastlv_C
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc/self/statm (Linux)")
+pytestmark = [pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc/self/statm (Linux)"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def rss_bytes() -> int:
@@ -45,15 +46,6 @@ def rss_growth(step, calls: int, warmup: int = 300) -> int:
     for _ in range(calls):
         step()
     return rss_bytes() - before
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes gain nothing from intra-op threads; one thread also keeps the allocator arenas fixed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def r(*shape):

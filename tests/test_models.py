@@ -9,16 +9,7 @@ from torch.distributions import Bernoulli, Categorical, Independent, MixtureSame
 from fastlv.nn import (DeltaRNN, FlatRNN, FlatSRNN, FraccaroSRNN, FRNN, HierRNN, HierSRNN,
                        SimplifiedSRNN, SISRNN, STORN, VRNN, ZForcingSRNN, observation_head)
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are dispatch-bound; on the shared 2-core machine a second OpenMP thread only waits
-    (measured 10-50x slower per step under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LATENT = dict(d_latent=3, d_mlp=8)
@@ -215,8 +206,6 @@ PAPER_COUNTS = [  # (class, configuration, count the paper reports, relative tol
     (DeltaRNN, "timit_random", 18_570_000, 0.005),  # Table 8: 18.57M
     (ZForcingSRNN, "timit_flat", 16_980_000, 0.005),  # Table 5: 16.98M (configuration not published)
 ]
-
-
 
 
 def perm_timit_reference_count(d_emb, d_rnn, n_components, srnn, d_mlp=256, d_latent=256, L=200, d_nade=64, layers=3):

@@ -7,14 +7,7 @@ import torch
 
 from fastlv.nn import STCN, TCN, STCNDense, WaveNet, WaveNetBlock, WaveNetDense
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are dispatch-bound; on the shared 2-core machine a second thread only waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 STCN_TINY = dict(channels=8, levels=3, blocks_per_level=2, latent_sizes=(4, 3, 2), latent_hidden=6, n_components=3)

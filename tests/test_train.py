@@ -24,16 +24,9 @@ import fastlv.data as D
 from fastlv import sample, train
 from fastlv.nn import GMMHead, SequenceModel, SequenceOutput
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny models here gain nothing from intra-op threads, and on a loaded machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def masked_sum(values, mask):
