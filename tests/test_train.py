@@ -60,35 +60,34 @@ class TinyRNN(SequenceModel):
         return torch.cat(frames, 1)
 
 
-class NaNOnceRNN(TinyRNN):
+class FaultOnceRNN(TinyRNN):
+    """Its second training forward pass is altered by ``corrupt``."""
+
+    def __init__(self, x_dim, d_rnn=16, n_components=2):
+        super().__init__(x_dim, d_rnn, n_components)
+        self.calls = 0
+
+    def forward(self, x, mask=None):
+        out = super().forward(x, mask)
+        self.calls += self.training
+        if self.training and self.calls == 2:
+            self.corrupt(out)
+        return out
+
+
+class NaNOnceRNN(FaultOnceRNN):
     """Its second training forward pass returns a NaN log-likelihood."""
 
-    def __init__(self, x_dim, d_rnn=16, n_components=2):
-        super().__init__(x_dim, d_rnn, n_components)
-        self.calls = 0
-
-    def forward(self, x, mask=None):
-        out = super().forward(x, mask)
-        self.calls += self.training
-        if self.training and self.calls == 2:
-            out.log_likelihood = out.log_likelihood * math.nan
-        return out
+    def corrupt(self, out):
+        out.log_likelihood = out.log_likelihood * math.nan
 
 
-class InfGradOnceRNN(TinyRNN):
+class InfGradOnceRNN(FaultOnceRNN):
     """Its second training pass has a finite loss but an infinite gradient (d sqrt(u)/du at u = 0)."""
 
-    def __init__(self, x_dim, d_rnn=16, n_components=2):
-        super().__init__(x_dim, d_rnn, n_components)
-        self.calls = 0
-
-    def forward(self, x, mask=None):
-        out = super().forward(x, mask)
-        self.calls += self.training
-        if self.training and self.calls == 2:
-            w = self.head.proj.weight
-            out.log_likelihood = out.log_likelihood + torch.sqrt(w - w.detach()).sum()  # adds 0
-        return out
+    def corrupt(self, out):
+        w = self.head.proj.weight
+        out.log_likelihood = out.log_likelihood + torch.sqrt(w - w.detach()).sum()  # adds 0
 
 
 # synthetic speech layout, small enough for a few CPU updates per second
