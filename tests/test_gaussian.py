@@ -302,10 +302,10 @@ def test_opcheck():
     seed = torch.tensor(1234)
     floats = [-INF, -3.0, 3.0, -INF, INF]  # free_bits, mu_min, mu_max, logvar_min, logvar_max
     op = torch.ops.fastlv.gaussian_sample_kl
-    for args in ([mu_q, logvar_q, mu_p, logvar_p, eps, None, True, True, False, False, *floats],
-                 [mu_q, logvar_q, mu_p, logvar_p, None, seed, True, True, True, True, 0.1, *floats[1:]],
-                 [mu_q, logvar_q, None, None, None, None, False, True, False, False, *floats],
-                 [mu_q.double(), logvar_q.double(), None, None, None, seed, True, False, False, False, *floats]):
+    for args in ([mu_q, logvar_q, mu_p, logvar_p, eps, None, [True, True, False, False], floats],
+                 [mu_q, logvar_q, mu_p, logvar_p, None, seed, [True, True, True, True], [0.1, *floats[1:]]],
+                 [mu_q, logvar_q, None, None, None, None, [False, True, False, False], floats],
+                 [mu_q.double(), logvar_q.double(), None, None, None, seed, [True, False, False, False], floats]):
         torch.library.opcheck(op, args)
     torch.library.opcheck(torch.ops.fastlv.gaussian_log_prob, [mu_q, logvar_q, mu_p, False, -INF, INF, -2.0, 2.0])
     torch.library.opcheck(torch.ops.fastlv.precision_weighted, [mu_q, logvar_q.exp(), mu_p, logvar_p.exp()])

@@ -1,8 +1,8 @@
 // CPU kernels of the Gaussian-mixture log-likelihood (fastlv_C::gmm_log_prob, diag_gmm_log_prob).
 //
 // Per-element mixture (x [N], params [N, K]): K is small (1..64), so a vector holds W = 16 (fp32,
-// AVX-512) elements and the kernel loops over k, gathering component k of the W elements; every
-// input is read from memory once. Full-frame mixture (x [N, D],
+// AVX-512) or 8 (AVX2) elements and the kernel loops over k, taking component k of the W elements
+// (see Block); every input is read from memory once. Full-frame mixture (x [N, D],
 // params [N, K, D]): vectorized over D, one frame per task; the backward re-reads the frame's
 // [K, D] parameters from cache after computing the responsibilities.
 // Forward saves only the two log-normalizers per element (logsumexp_k a_k and logsumexp_k logit_k,
@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -29,18 +30,39 @@ namespace {
 template <typename scalar_t>
 using Vec = at::vec::Vectorized<scalar_t>;
 
-// A block is W = Vec::size() consecutive elements; component k of all of them is one strided gather
-// (element stride K). A partial last block is first copied into zero-padded scratch.
+// A block is W = Vec::size() consecutive elements; the forward needs component k of all of them as one
+// vector. With AVX-512 that is one strided gather (element stride K), fast on Intel cores. Elsewhere
+// gathers are slow (Zen 3's 8-lane vgatherdps took ~35 cycles, half the forward's time), so the block's
+// [W, K] parameters are first transposed into [K, W] scratch (8 x 8 tiles on AVX2) and read from there.
 template <typename scalar_t>
 struct Block {
   using V = Vec<scalar_t>;
   using Index = Vec<at::vec::int_same_size_t<scalar_t>>;
   static constexpr int64_t W = V::size();
+#if defined(CPU_CAPABILITY_AVX512)
+  static constexpr bool kGather = true;
+#else
+  static constexpr bool kGather = false;
+#endif
+  int64_t K;
   Index stride;  // [0, K, 2K, ...]
   bool contiguous;  // K == 1: a plain vector load
-  explicit Block(int64_t K) : stride(Index::arange(0, K)), contiguous(K == 1) {}
-  V load(const scalar_t* params, int64_t k) const {
-    return contiguous ? V::loadu(params) : at::vec::gather<sizeof(scalar_t)>(params + k, stride);
+  explicit Block(int64_t K) : K(K), stride(Index::arange(0, K)), contiguous(K == 1) {}
+
+  // The block's [W, K] parameters as load() reads them: in place, or transposed into scratch [K, W].
+  const scalar_t* prepare(const scalar_t* params, scalar_t* scratch) const {
+    if (kGather || contiguous) return params;
+    int64_t k = 0;
+    if constexpr (std::is_same_v<scalar_t, float> && W == 8) {
+      for (; k + W <= K; k += W) at::vec::transpose_mxn<float, 8, 8>(params + k, K, scratch + k * W, W);
+    }
+    at::vec::transpose_mxn<scalar_t>(params + k, K, scratch + k * W, W, W, K - k);  // components past the tiles
+    return scratch;
+  }
+  V load(const scalar_t* prepared, int64_t k) const {
+    if (contiguous) return V::loadu(prepared);
+    if constexpr (kGather) return at::vec::gather<sizeof(scalar_t)>(prepared + k, stride);
+    return V::loadu(prepared + k * W);
   }
 };
 
@@ -62,8 +84,8 @@ void gmm_forward_kernel(const scalar_t* x, const scalar_t* logits, const scalar_
   constexpr int64_t W = V::size();
   const Block<scalar_t> block(K);
   at::parallel_for(0, (N + W - 1) / W, kBlocksPerTask, [&](int64_t b0, int64_t b1) {
-    std::vector<scalar_t> buf(5 * K * W);  // a_k and logit_k per lane, then 3 padded tail inputs
-    scalar_t *t_a = buf.data(), *t_logit = t_a + K * W, *tail = t_logit + K * W;
+    std::vector<scalar_t> buf(8 * K * W);  // a_k and logit_k per lane, 3 padded tail inputs, 3 transposed
+    scalar_t *t_a = buf.data(), *t_logit = t_a + K * W, *tail = t_logit + K * W, *transposed = tail + 3 * K * W;
     const V vlo(lo), vhi(hi), neg_inf(-std::numeric_limits<scalar_t>::infinity());
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * W, count = std::min(W, N - n0);
@@ -73,6 +95,9 @@ void gmm_forward_kernel(const scalar_t* x, const scalar_t* logits, const scalar_
         mu_in = pad_block(mu_in, count, K, tail + K * W);
         ls_in = pad_block(ls_in, count, K, tail + 2 * K * W);
       }
+      l_in = block.prepare(l_in, transposed);
+      mu_in = block.prepare(mu_in, transposed + K * W);
+      ls_in = block.prepare(ls_in, transposed + 2 * K * W);
       const V vx = V::loadu(x + n0, count);
       V max_a = neg_inf, max_l = neg_inf;
       for (int64_t k = 0; k < K; ++k) {

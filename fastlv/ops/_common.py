@@ -45,6 +45,12 @@ def broadcast_shape(**shapes: Sequence[int]) -> torch.Size:
         raise ValueError(f"fastlv: shapes do not broadcast: {listed}") from None
 
 
+def expand_to(t: Tensor | None, shape: Sequence[int]) -> Tensor | None:
+    """t broadcast to shape (None stays None); t itself when it has the shape already, which spares
+    autograd an ExpandBackward node per input."""
+    return t if t is None or t.shape == shape else t.expand(shape)
+
+
 def clamp_bounds(lo: float | None, hi: float | None) -> tuple[float, float]:
     """Optional clamp bounds as floats for the kernels (no clamp = -inf / +inf)."""
     lo = -math.inf if lo is None else float(lo)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from fastlv._backend import run_kernel
-from fastlv.ops._common import broadcast_shape, check_tensors, clamp_bounds, no_double_backward, reduce
+from fastlv.ops._common import broadcast_shape, check_tensors, clamp_bounds, expand_to, no_double_backward, reduce
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -175,7 +175,8 @@ def gmm_log_prob(x: Tensor, logits: Tensor, mu: Tensor, log_sigma: Tensor, *,
     params = (*batch, params[-1])
     _check_components(params[-1])
     lo, hi = clamp_bounds(log_sigma_min, log_sigma_max)
-    log_prob, _, _ = _gmm_op(x.expand(batch), logits.expand(params), mu.expand(params), log_sigma.expand(params), lo, hi)
+    log_prob, _, _ = _gmm_op(expand_to(x, batch), expand_to(logits, params), expand_to(mu, params),
+                             expand_to(log_sigma, params), lo, hi)
     return reduce(log_prob, reduction, mask)
 
 
@@ -204,6 +205,6 @@ def diag_gmm_log_prob(x: Tensor, logits: Tensor, mu: Tensor, log_sigma: Tensor, 
                          f"got {tuple(mu.shape)} and {tuple(log_sigma.shape)}")
     batch = broadcast_shape(x=x.shape[:-1], logits=logits.shape[:-1], **{"mu/log_sigma": components[:-2]})
     lo, hi = clamp_bounds(log_sigma_min, log_sigma_max)
-    log_prob, _, _ = _diag_gmm_op(x.expand(*batch, D), logits.expand(*batch, K), mu.expand(*batch, K, D),
-                               log_sigma.expand(*batch, K, D), lo, hi)
+    log_prob, _, _ = _diag_gmm_op(expand_to(x, (*batch, D)), expand_to(logits, (*batch, K)),
+                                  expand_to(mu, (*batch, K, D)), expand_to(log_sigma, (*batch, K, D)), lo, hi)
     return reduce(log_prob, reduction, mask)
