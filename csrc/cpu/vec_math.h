@@ -29,6 +29,29 @@ template <> inline Vectorized<float> exp_of(Vectorized<float> v) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
   return _mm512_scalef_ps(p, n);
 }
+#elif defined(CPU_CAPABILITY_AVX2)
+// The same reduction and polynomial in 14 instructions (at::vec's exp_u20 and a NaN fix-up take 20),
+// with 2^n built from the bits of t = x log2(e) + 1.5 * 2^23 + 127: t is rounded to an integer, so
+// its low mantissa bits hold n + 127, which a left shift by 23 moves into the exponent field. The clamp
+// to [-88, 89] keeps n + 127 in [0, 255]: n = -127 gives 2^n = 0 (exp(-inf) = 0, flushing results
+// below ~6e-39 to 0) and n = 128 gives inf (exp overflows from x = 88.38, 0.3 earlier than float
+// does). NaN stays NaN (clamp operand order; its scale bits shift to 0 and NaN * 0 = NaN).
+template <> inline Vectorized<float> exp_of(Vectorized<float> v) {
+  const __m256 magic = _mm256_set1_ps(12583039.f);  // 1.5 * 2^23 + 127
+  const __m256 x = _mm256_min_ps(_mm256_set1_ps(89.f), _mm256_max_ps(_mm256_set1_ps(-88.f), v));
+  const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
+  const __m256 n = _mm256_sub_ps(t, magic);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+  __m256 p = _mm256_set1_ps(1.f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+}
 #else
 // exp_u20: polynomial exp accurate to ~20 ulp (2.4e-6 relative), 3x faster than Sleef's u10.
 // exp_u20 does not keep NaN inputs NaN: blend them back.
