@@ -534,6 +534,27 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: Tens
     return {"loss": loss_value, "nll": nll, "kl": kl, "grad_norm": float(grad_norm)}, applied
 
 
+def make_optimizer(model: torch.nn.Module, args: argparse.Namespace
+                   ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam (``--lr``, ``--adam-eps``) and its cosine learning-rate schedule over ``--steps`` updates."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_lr(s, args.steps, args.lr, args.lr_min) / args.lr)
+    return optimizer, scheduler
+
+
+def train_on_batch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: D.SeqData, indices: Tensor,
+                   step: int, args: argparse.Namespace, procs: Processes) -> tuple[dict, bool]:
+    """Update ``step`` of the recipe in ``args`` on the global batch ``indices`` of ``data``: this process
+    takes its slice, with the annealed KL weight and the loss scale of the global batch (see
+    :func:`train_step`, whose statistics it returns with the KL weight added)."""
+    x, mask = make_batch(data, indices.chunk(procs.world)[procs.rank], procs.device)
+    kl_w = kl_weight(step, args.kl_start, args.kl_increment)
+    scale = loss_scale(args.loss_scale, data.lengths[indices], data.dim)
+    stats, applied = train_step(model, optimizer, x, mask, kl_w, scale, args.clip, procs)
+    return {**stats, "kl_weight": kl_w}, applied
+
+
 def check_resume(config: dict, args: argparse.Namespace) -> None:
     changed = [f"--{k.replace('_', '-')} {config[k]!r} -> {getattr(args, k)!r}" for k in RUN_DEFINING_ARGS
                if config.get(k) != getattr(args, k)]
@@ -572,9 +593,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict:
     ddp_model = model if procs.world == 1 else DistributedDataParallel(
         model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
         find_unused_parameters=args.find_unused_parameters)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_lr(s, args.steps, args.lr, args.lr_min) / args.lr)
+    optimizer, scheduler = make_optimizer(model, args)
     order = BatchOrder(len(train_data), args.batch_size, args.seed)
     step, skipped, best = 0, 0, -math.inf
 
@@ -618,12 +637,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict:
     interval, tick = [], time.perf_counter()
     last_valid = {}
     while step < stop:
-        indices = order.next()
-        local = indices.chunk(procs.world)[procs.rank]
-        x, mask = make_batch(train_data, local, procs.device)
-        kl_w = kl_weight(step, args.kl_start, args.kl_increment)
-        scale = loss_scale(args.loss_scale, train_data.lengths[indices], train_data.dim)
-        stats, applied = train_step(ddp_model, optimizer, x, mask, kl_w, scale, args.clip, procs)
+        stats, applied = train_on_batch(ddp_model, optimizer, train_data, order.next(), step, args, procs)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         step += 1
@@ -637,7 +651,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict:
         if log_row:
             means = {k: sum(s[k] for s in interval) / len(interval) for k in stats} if interval \
                 else {k: math.nan for k in stats}
-            logs.write("train", step, {**means, "kl_weight": kl_w, "lr": lr, "skipped": skipped,
+            logs.write("train", step, {**means, "kl_weight": stats["kl_weight"], "lr": lr, "skipped": skipped,
                                        "steps_per_s": len(interval) / (time.perf_counter() - tick)})
             interval, tick = [], time.perf_counter()
         if step % args.valid_every == 0 or step == args.steps:
