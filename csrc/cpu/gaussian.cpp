@@ -6,8 +6,8 @@
 // every input is read once and the KL row sum stays in a register. The backward recomputes the step
 // from the inputs: nothing but the outputs exists after the forward.
 // Noise: when eps is not given, the row's normals are generated into a per-task buffer (L1) just before
-// the pass, with the counter-based generator of csrc/common/philox.h: Philox runs on 16 uint32 lanes
-// (a GCC vector; vpmuludq products on AVX-512), Box-Muller on at::vec. The backward
+// the pass, with the counter-based generator of csrc/common/philox.h: Philox runs on uint32 lanes of
+// one native vector (a GCC vector; vpmuludq products on x86), Box-Muller on at::vec. The backward
 // regenerates the same normals from the seed instead of reading a stored eps.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -34,23 +34,34 @@
 
 namespace fastlv {
 
-// 16 Philox lanes (one per counter of a block) and their float conversion.
-typedef uint32_t PhiloxLanes __attribute__((vector_size(64)));
-typedef int32_t IntLanes __attribute__((vector_size(64)));
-typedef float FloatLanes __attribute__((vector_size(64)));
-typedef uint64_t WideLanes __attribute__((vector_size(64)));
+// Philox lanes (one per counter of a block) and their float conversion: one native vector, 16 lanes on
+// AVX-512, else 8 (GCC splits wider vectors through the stack on AVX2, 2x slower).
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kPhiloxLanes = 16;
+#else
+constexpr int kPhiloxLanes = 8;
+#endif
+typedef uint32_t PhiloxLanes __attribute__((vector_size(4 * kPhiloxLanes)));
+typedef int32_t IntLanes __attribute__((vector_size(4 * kPhiloxLanes)));
+typedef float FloatLanes __attribute__((vector_size(4 * kPhiloxLanes)));
+typedef uint64_t WideLanes __attribute__((vector_size(4 * kPhiloxLanes)));
 
-// mul_hi_lo for 16 lanes. A 64-bit product per pair of lanes: even lanes multiply as the low halves of
-// 64-bit lanes, odd lanes as the high halves, then the halves of the products interleave back.
+// mul_hi_lo on the lanes. A 64-bit product per pair of lanes: even lanes multiply as the low halves of
+// 64-bit lanes, odd lanes as the high halves, then the halves of the products interleave back. On x86
+// that is vpmuludq (one uop; GCC would emit 3-uop 64-bit multiplies for the generic code below); the
+// blend masks select the odd 32-bit lanes.
 template <>
 inline void mul_hi_lo<PhiloxLanes>(PhiloxLanes a, uint32_t b, PhiloxLanes& hi, PhiloxLanes& lo) {
 #if defined(CPU_CAPABILITY_AVX512)
-  // vpmuludq (one uop; GCC would emit the 3-uop 64-bit vpmullq for the generic code below).
-  // Mask 0xAAAA selects the odd 32-bit lanes.
   const __m512i va = (__m512i)a, vb = _mm512_set1_epi32(int32_t(b));
   const __m512i even = _mm512_mul_epu32(va, vb), odd = _mm512_mul_epu32(_mm512_srli_epi64(va, 32), vb);
   hi = (PhiloxLanes)_mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
   lo = (PhiloxLanes)_mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m256i va = (__m256i)a, vb = _mm256_set1_epi32(int32_t(b));
+  const __m256i even = _mm256_mul_epu32(va, vb), odd = _mm256_mul_epu32(_mm256_srli_epi64(va, 32), vb);
+  hi = (PhiloxLanes)_mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  lo = (PhiloxLanes)_mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 #else
   const WideLanes wide = (WideLanes)a, low_half = WideLanes{} + 0xffffffffull;  // vector casts keep the bits
   const WideLanes even = (wide & low_half) * uint64_t(b), odd = (wide >> 32) * uint64_t(b);
@@ -64,7 +75,7 @@ namespace {
 template <typename scalar_t>
 using Vec = at::vec::Vectorized<scalar_t>;
 
-// uniform_from_bits of csrc/common/philox.h on 16 lanes.
+// uniform_from_bits of csrc/common/philox.h on the lanes.
 void store_uniforms(PhiloxLanes bits, float* out) {
   const PhiloxLanes k = (bits >> 9) * 2u + 1u;  // < 2^24: exact as int32 and as float
   const FloatLanes u = __builtin_convertvector((IntLanes)k, FloatLanes) *
@@ -75,18 +86,20 @@ void store_uniforms(PhiloxLanes bits, float* out) {
 // The 64 normals of block `block` of the stream of `key` (layout in csrc/common/philox.h).
 void normal_block(uint32_t k0, uint32_t k1, int64_t block, float* out) {
   using V = Vec<float>;
-  PhiloxLanes c0, c1, c2 = {}, c3 = {};
+  alignas(64) float u[4][kCountersPerBlock];  // uniforms of output j of the block's counters
   const uint64_t first = uint64_t(block) * kCountersPerBlock;
-  for (int l = 0; l < kCountersPerBlock; ++l) {
-    c0[l] = uint32_t(first + l);
-    c1[l] = uint32_t((first + l) >> 32);
+  for (int l0 = 0; l0 < kCountersPerBlock; l0 += kPhiloxLanes) {
+    PhiloxLanes c0, c1, c2 = {}, c3 = {};
+    for (int l = 0; l < kPhiloxLanes; ++l) {
+      c0[l] = uint32_t(first + l0 + l);
+      c1[l] = uint32_t((first + l0 + l) >> 32);
+    }
+    philox4x32_10(c0, c1, c2, c3, k0, k1);
+    store_uniforms(c0, u[0] + l0);
+    store_uniforms(c1, u[1] + l0);
+    store_uniforms(c2, u[2] + l0);
+    store_uniforms(c3, u[3] + l0);
   }
-  philox4x32_10(c0, c1, c2, c3, k0, k1);
-  alignas(64) float u[4][kCountersPerBlock];
-  store_uniforms(c0, u[0]);
-  store_uniforms(c1, u[1]);
-  store_uniforms(c2, u[2]);
-  store_uniforms(c3, u[3]);
   for (int l = 0; l < kCountersPerBlock; l += V::size()) {
     V n_cos, n_sin;
     box_muller(V::loadu(u[0] + l), V::loadu(u[1] + l), n_cos, n_sin);  // j = 0, 1
