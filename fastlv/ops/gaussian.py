@@ -30,10 +30,10 @@ which is free on a GPU (the kernels are bandwidth bound) and cheap on the CPU (v
 Recovering eps as (z - mu) / sigma from the saved output was rejected: it loses precision when
 |mu| >> sigma, badly so for fp16 z.
 
-Each op is a ``torch.library.custom_op``; an eager forward+backward costs ~0.35 ms of Python dispatch on a
-2-core Xeon (torch 2.13; about 0.13 ms of it is torch.library re-filling the 15 schema arguments before
-setup_context, quadratic in their number), negligible for whole-sequence calls, noticeable inside a
-per-step Python loop over short shapes.
+Each op is a ``torch.library.custom_op``; an eager forward+backward costs ~0.4 ms of Python dispatch on
+2 CPU cores (torch 2.13), negligible for whole-sequence calls, noticeable inside a per-step Python loop
+over short shapes. torch.library re-fills the schema arguments on every call at a cost quadratic in their
+number, so fastlv::gaussian_sample_kl takes its options as two lists (see its definition).
 """
 from __future__ import annotations
 
