@@ -516,7 +516,7 @@ def precision_weighted(mu_a: Tensor, var_a: Tensor, mu_b: Tensor, var_b: Tensor)
     ``gaussian_sample_kl(..., posterior="precision_weighted")`` (log-variance form)."""
     check_tensors(mu_a=mu_a, var_a=var_a, mu_b=mu_b, var_b=var_b)
     shape = broadcast_shape(mu_a=mu_a.shape, var_a=var_a.shape, mu_b=mu_b.shape, var_b=var_b.shape)
-    return _precision_weighted_op(expand_to(mu_a, shape), expand_to(var_a, shape), expand_to(mu_b, shape), expand_to(var_b, shape))
+    return _precision_weighted_op(*(expand_to(t, shape) for t in (mu_a, var_a, mu_b, var_b)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -563,4 +563,4 @@ def precision_weighted_ref(mu_a, var_a, mu_b, var_b) -> tuple[Tensor, Tensor]:
     """Pure-PyTorch reference of :func:`precision_weighted`."""
     check_tensors(mu_a=mu_a, var_a=var_a, mu_b=mu_b, var_b=var_b)
     shape = broadcast_shape(mu_a=mu_a.shape, var_a=var_a.shape, mu_b=mu_b.shape, var_b=var_b.shape)
-    return _precision_weighted_ref(expand_to(mu_a, shape), expand_to(var_a, shape), expand_to(mu_b, shape), expand_to(var_b, shape))
+    return _precision_weighted_ref(*(expand_to(t, shape) for t in (mu_a, var_a, mu_b, var_b)))
