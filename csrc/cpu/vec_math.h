@@ -9,30 +9,31 @@ namespace fastlv {
 
 using at::vec::Vectorized;
 
+// exp(x) = 2^n exp(r) for the integer-valued n = round(x / ln 2): r = x - n ln 2 in [-ln2/2, ln2/2]
+// (Cody-Waite: ln 2 split in a part exact in n * ln2_hi and a correction), exp(r) by its degree-6 Taylor
+// polynomial (error < r^7/7! = 1.2e-7 relative). The exp_of specializations below differ in how they
+// round n and apply 2^n. (fmadd with a negated constant is the single-rounding fnmadd.)
+inline Vectorized<float> exp_of_reduced(Vectorized<float> x, Vectorized<float> n) {
+  using V = Vectorized<float>;
+  const V r = at::vec::fmadd(n, V(-1.428606765330187e-06f), at::vec::fmadd(n, V(-0.693145751953125f), x));
+  V p(1.f / 720);
+  for (const float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = at::vec::fmadd(p, r, V(c));
+  return p;
+}
+
 #if defined(CPU_CAPABILITY_AVX512)
-// exp(v) = 2^n exp(r), n = round(v / ln 2), r = v - n ln 2 in [-ln2/2, ln2/2] (Cody-Waite: ln 2 split in
-// a part exact in n * ln2_hi and a correction), exp(r) by its degree-6 Taylor polynomial (error
-// < r^7/7! = 1.2e-7 relative), 2^n applied by vscalefps. 13 instructions, ~2 ulp; the clamp maps
-// -inf to 0 and +inf to inf, and NaN stays NaN (vmaxps/vminps return their second operand on NaN).
+// 2^n applied by vscalefps: 13 instructions, ~2 ulp; the clamp maps -inf to 0 and +inf to inf, and NaN
+// stays NaN (vmaxps/vminps return their second operand on NaN).
 template <> inline Vectorized<float> exp_of(Vectorized<float> v) {
   const __m512 x = _mm512_min_ps(_mm512_set1_ps(89.f), _mm512_max_ps(_mm512_set1_ps(-104.f), v));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-  __m512 p = _mm512_set1_ps(1.f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
+  return _mm512_scalef_ps(exp_of_reduced(x, n), n);
 }
 #elif defined(CPU_CAPABILITY_AVX2)
-// The same reduction and polynomial in 14 instructions (at::vec's exp_u20 and a NaN fix-up take 20),
-// with 2^n built from the bits of t = x log2(e) + 1.5 * 2^23 + 127: t is rounded to an integer, so
-// its low mantissa bits hold n + 127, which a left shift by 23 moves into the exponent field. The clamp
+// 2^n built from the bits of t = x log2(e) + 1.5 * 2^23 + 127: t is rounded to an integer, so its low
+// mantissa bits hold n + 127, which a left shift by 23 moves into the exponent field. 14 instructions
+// (at::vec's exp_u20 and a NaN fix-up take 20), ~4 ulp. The clamp
 // to [-88, 89] keeps n + 127 in [0, 255]: n = -127 gives 2^n = 0 (exp(-inf) = 0, flushing results
 // below ~6e-39 to 0) and n = 128 gives inf (exp overflows from x = 88.38, 0.3 earlier than float
 // does). NaN stays NaN (clamp operand order; its scale bits shift to 0 and NaN * 0 = NaN).
@@ -41,16 +42,8 @@ template <> inline Vectorized<float> exp_of(Vectorized<float> v) {
   const __m256 x = _mm256_min_ps(_mm256_set1_ps(89.f), _mm256_max_ps(_mm256_set1_ps(-88.f), v));
   const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
   const __m256 n = _mm256_sub_ps(t, magic);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
-  __m256 p = _mm256_set1_ps(1.f / 720);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+  const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23));
+  return _mm256_mul_ps(exp_of_reduced(x, n), scale);
 }
 #else
 // exp_u20: polynomial exp accurate to ~20 ulp (2.4e-6 relative), 3x faster than Sleef's u10.
