@@ -14,12 +14,13 @@
 namespace fastlv {
 
 constexpr double kHalfLog2Pi = 0.91893853320467274178;  // 0.5 * log(2 * pi)
+constexpr float kPi = 3.14159265358979323846f;
 
 template <typename T> FASTLV_HD T exp_of(T v);
 template <typename T> FASTLV_HD T log_of(T v);
 template <typename T> FASTLV_HD T sqrt_of(T v);
-// s = sin(v), c = cos(v), with one range reduction.
-template <typename T> FASTLV_HD void sincos_of(T v, T& s, T& c);
+// s = sin(pi v), c = cos(pi v), with one range reduction (the angle in half turns: exact reduction).
+template <typename T> FASTLV_HD void sincospi_of(T v, T& s, T& c);
 template <typename T> FASTLV_HD T max_of(T a, T b);
 template <typename T> FASTLV_HD T min_of(T a, T b);
 // v where lo <= x <= hi, else 0 (gradient of a clamp).
@@ -31,12 +32,12 @@ template <> FASTLV_HD float log_of<float>(float v) { return logf(v); }
 template <> FASTLV_HD double log_of<double>(double v) { return log(v); }
 template <> FASTLV_HD float sqrt_of<float>(float v) { return sqrtf(v); }
 template <> FASTLV_HD double sqrt_of<double>(double v) { return sqrt(v); }
-template <> FASTLV_HD void sincos_of<float>(float v, float& s, float& c) {
+template <> FASTLV_HD void sincospi_of<float>(float v, float& s, float& c) {
 #if defined(__CUDA_ARCH__)
-  sincosf(v, &s, &c);
+  sincospif(v, &s, &c);
 #else
-  s = sinf(v);
-  c = cosf(v);
+  s = sinf(kPi * v);
+  c = cosf(kPi * v);
 #endif
 }
 // max_of / min_of propagate NaN (as at::vec::maximum and torch.maximum do): a NaN input must not be

@@ -24,7 +24,6 @@ constexpr int64_t kNormalsPerBlock = 64;   // normals per block of the layout ab
 constexpr int64_t kCountersPerBlock = 16;  // Philox counters per block
 constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;  // round multipliers
 constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;  // key increments (Weyl)
-constexpr float kPi = 3.14159265358979323846f;
 
 // High and low 32 bits of the 64-bit product a * b, per lane. The CPU kernel specializes it for its
 // vector of lanes.
@@ -64,9 +63,8 @@ FASTLV_HD float uniform_from_bits(uint32_t x) { return float(int32_t(2 * (x >> 9
 template <typename T>
 FASTLV_HD void box_muller(T u_radius, T u_angle, T& n_cos, T& n_sin) {
   const T r = sqrt_of(T(-2.0f) * log_of(u_radius));
-  const T theta = T(kPi) * (T(2.0f) * u_angle - T(1.0f));
-  T sin_theta, cos_theta;
-  sincos_of(theta, sin_theta, cos_theta);
+  T sin_theta, cos_theta;  // theta = pi (2 u_angle - 1)
+  sincospi_of(T(2.0f) * u_angle - T(1.0f), sin_theta, cos_theta);
   n_cos = r * cos_theta;
   n_sin = r * sin_theta;
 }

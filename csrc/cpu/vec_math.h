@@ -9,6 +9,21 @@ namespace fastlv {
 
 using at::vec::Vectorized;
 
+// GCC vector types as wide as one Vectorized<float> (16 lanes on AVX-512, else 8), for bit-level math on
+// its lanes; vector casts between them keep the bits.
+constexpr int kFloatLanes = Vectorized<float>::size();
+typedef float FloatLanes __attribute__((vector_size(4 * kFloatLanes)));
+typedef int32_t IntLanes __attribute__((vector_size(4 * kFloatLanes)));
+typedef uint32_t UintLanes __attribute__((vector_size(4 * kFloatLanes)));
+
+#if defined(CPU_CAPABILITY_AVX512)
+inline FloatLanes lanes_of(Vectorized<float> v) { return (FloatLanes)__m512(v); }
+inline Vectorized<float> vec_of(FloatLanes x) { return Vectorized<float>((__m512)x); }
+#elif defined(CPU_CAPABILITY_AVX2)
+inline FloatLanes lanes_of(Vectorized<float> v) { return (FloatLanes)__m256(v); }
+inline Vectorized<float> vec_of(FloatLanes x) { return Vectorized<float>((__m256)x); }
+#endif
+
 // exp(x) = 2^n exp(r) for the integer-valued n = round(x / ln 2): r = x - n ln 2 in [-ln2/2, ln2/2]
 // (Cody-Waite: ln 2 split in a part exact in n * ln2_hi and a correction), exp(r) by its degree-6 Taylor
 // polynomial (error < r^7/7! = 1.2e-7 relative). The exp_of specializations below differ in how they
@@ -53,25 +68,62 @@ template <> inline Vectorized<float> exp_of(Vectorized<float> v) {
 }
 #endif
 template <> inline Vectorized<double> exp_of(Vectorized<double> v) { return v.exp(); }
-template <> inline Vectorized<float> log_of(Vectorized<float> v) { return v.log(); }
 template <> inline Vectorized<double> log_of(Vectorized<double> v) { return v.log(); }
 template <> inline Vectorized<float> sqrt_of(Vectorized<float> v) { return v.sqrt(); }
 template <> inline Vectorized<double> sqrt_of(Vectorized<double> v) { return v.sqrt(); }
-// Sleef's sincos (the 3.5-ulp functions at::vec's sin() and cos() use) shares the range reduction.
-template <> inline void sincos_of(Vectorized<float> v, Vectorized<float>& s, Vectorized<float>& c) {
-#if defined(CPU_CAPABILITY_AVX512)
-  const Sleef___m512_2 both = Sleef_sincosf16_u35(v);
-#elif defined(CPU_CAPABILITY_AVX2)
-  const Sleef___m256_2 both = Sleef_sincosf8_u35(v);
-#endif
+
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  s = both.x;
-  c = both.y;
-#else
-  s = v.sin();
-  c = v.cos();
-#endif
+// log(x) inline (at::vec's log() calls Sleef's logf out of line): x = 2^e m with m in [sqrt(1/2),
+// sqrt(2)), log x = e ln 2 + log1p(f) with f = m - 1, log1p(f) = f - f^2/2 + f^3 P(f) with the degree-8 P
+// of Cephes' logf, and ln 2 in two parts (e ln2_hi is exact). 0.8 ulp over the normal floats. Denormals
+// are scaled by 2^23 first; log(0) = -inf, log(x < 0) = NaN, log(inf) = inf, NaN stays NaN.
+template <> inline Vectorized<float> log_of(Vectorized<float> v) {
+  using V = Vectorized<float>;
+  const FloatLanes x = lanes_of(v);
+  const IntLanes denormal = x < 1.17549435e-38f;  // vector comparisons give -1 (true) or 0 lanes
+  const IntLanes bits = (IntLanes)(denormal ? x * 8388608.f : x);
+  const FloatLanes mantissa = (FloatLanes)((bits & 0x007fffff) | 0x3f800000);  // in [1, 2)
+  const IntLanes halve = mantissa > 1.41421356f;
+  const V f = vec_of((halve ? mantissa * 0.5f : mantissa) - 1.f), f2 = f * f;
+  const V e = vec_of(__builtin_convertvector(((bits >> 23) & 0xff) - 127 - (denormal & 23) - halve, FloatLanes));
+  V p(7.0376836292e-2f);
+  for (const float c : {-1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f,
+                        -1.6668057665e-1f, 2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f}) {
+    p = at::vec::fmadd(p, f, V(c));
+  }
+  V r = at::vec::fmadd(e, V(-2.12194440e-4f), p * f * f2);  // e ln2_lo + f^3 P(f)
+  r = f + at::vec::fmadd(f2, V(-0.5f), r);
+  const FloatLanes result = lanes_of(at::vec::fmadd(e, V(0.693359375f), r));  // + e ln2_hi
+  const FloatLanes inf = FloatLanes{} + __builtin_inff(), nan = FloatLanes{} + __builtin_nanf("");
+  return vec_of(x == inf ? inf : x > 0.f ? result : x == 0.f ? -inf : nan);
 }
+
+// sin(pi v) and cos(pi v) inline (Sleef's sincos is an out-of-line call): v = n/2 + r with n = round(2v)
+// and |r| <= 1/4 (exact for |v| < 2^22), sin and cos of x = pi r by their Taylor polynomials of degree 9
+// and 10 (error < x^11/11! = 2e-9 at pi/4), then the quadrant n mod 4 swaps them (n odd) and flips their
+// signs: sin(x + n pi/2) is -(..) when n & 2, cos(x + n pi/2) when (n + 1) & 2. ~1e-7 absolute error.
+template <> inline void sincospi_of(Vectorized<float> v, Vectorized<float>& s, Vectorized<float>& c) {
+  using V = Vectorized<float>;
+  const V n = (v * V(2.f)).round();
+  const V x = at::vec::fmadd(n, V(-0.5f), v) * V(kPi), x2 = x * x;
+  V sin_x(1.f / 362880), cos_x(-1.f / 3628800);
+  for (const float k : {-1.f / 5040, 1.f / 120, -1.f / 6, 1.f}) sin_x = at::vec::fmadd(sin_x, x2, V(k));
+  for (const float k : {1.f / 40320, -1.f / 720, 1.f / 24, -0.5f, 1.f}) cos_x = at::vec::fmadd(cos_x, x2, V(k));
+  sin_x = sin_x * x;
+  const UintLanes quadrant = (UintLanes)__builtin_convertvector(lanes_of(n), IntLanes);
+  const IntLanes odd = (IntLanes)(quadrant & 1u) != 0;
+  const FloatLanes sin_r = lanes_of(sin_x), cos_r = lanes_of(cos_x);
+  s = vec_of((FloatLanes)((UintLanes)(odd ? cos_r : sin_r) ^ ((quadrant & 2u) << 30)));
+  c = vec_of((FloatLanes)((UintLanes)(odd ? sin_r : cos_r) ^ (((quadrant + 1u) & 2u) << 30)));
+}
+#else
+template <> inline Vectorized<float> log_of(Vectorized<float> v) { return v.log(); }
+template <> inline void sincospi_of(Vectorized<float> v, Vectorized<float>& s, Vectorized<float>& c) {
+  const Vectorized<float> theta = v * Vectorized<float>(kPi);
+  s = theta.sin();
+  c = theta.cos();
+}
+#endif
 template <> inline Vectorized<float> max_of(Vectorized<float> a, Vectorized<float> b) {
   return at::vec::maximum(a, b);
 }
