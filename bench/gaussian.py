@@ -61,7 +61,8 @@ OPS = {
     # forward reads 4 inputs, writes z and kl [..]; backward reads grad_z, grad_kl, the 4 inputs, writes 4 grads
     "sample+KL": Op(eager_sample_kl, gaussian_sample_kl, make_inputs, (5, 9), (1, 1), 5),
     "KL": Op(gaussian_kl_ref, gaussian_kl, make_inputs, (4, 8), (1, 1), 5),
-    # forward reads mu, logvar, writes z; backward reads grad_z, mu, logvar, writes 2 grads (eps regenerated)
+    # forward reads mu, logvar, writes z; backward reads grad_z, mu, logvar, writes 2 grads (the minimum:
+    # eps regenerated, as on GPU; the CPU kernels also write and read it)
     "rsample": Op(eager_rsample, gaussian_rsample, partial(make_inputs, scales=(1.0, 0.5)), (3, 5), (0, 0), 3),
     # forward reads z, mu, logvar, writes log p [..]; backward reads grad [..] and the 3 inputs, writes 3 grads
     "log_prob": Op(gaussian_log_prob_ref, gaussian_log_prob, partial(make_inputs, scales=(1.0, 1.0, 0.5)), (3, 6),

@@ -8,7 +8,8 @@
 // Noise: when eps is not given, the row's normals are generated into a per-task buffer (L1) just before
 // the pass, with the counter-based generator of csrc/common/philox.h: Philox runs on uint32 lanes of
 // one native vector (a GCC vector; vpmuludq products on x86), Box-Muller on at::vec. The backward
-// regenerates the same normals from the seed instead of reading a stored eps.
+// kernel regenerates the same normals from the seed when it is given no eps; the C++ autograd below
+// instead keeps the eps the forward draws (fastlv/ops/gaussian.py, "Noise").
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -127,28 +128,37 @@ void fill_normals(int64_t seed, int64_t start, int64_t count, float* out) {
   }
 }
 
-// One row's eps: the given tensor's row, or the row's normals generated into a per-task buffer
-// (converted to scalar_t for fp64).
+// One row's eps: the given tensor's row, or the row's normals drawn from the seed, into `drawn` (an
+// [N, D] output: the eps the backward will read) when given, else into a per-task buffer (converted to
+// scalar_t for fp64).
 template <typename scalar_t>
 class RowNoise {
  public:
-  RowNoise(const scalar_t* eps, int64_t seed, int64_t D, bool needed)
-      : eps_(eps), seed_(seed), D_(D), normals_(needed && eps == nullptr ? D : 0) {
-    if (!std::is_same_v<scalar_t, float>) converted_.resize(normals_.size());
+  RowNoise(const scalar_t* eps, int64_t seed, int64_t D, bool needed, scalar_t* drawn)
+      : eps_(eps), drawn_(drawn), seed_(seed), D_(D) {
+    constexpr bool kFloat = std::is_same_v<scalar_t, float>;
+    if (!needed || eps != nullptr) return;
+    if (!kFloat || drawn == nullptr) normals_.resize(D);
+    if (!kFloat && drawn == nullptr) converted_.resize(D);
   }
   const scalar_t* row(int64_t n) {
     if (eps_ != nullptr) return eps_ + n * D_;
-    fill_normals(seed_, n * D_, D_, normals_.data());
+    scalar_t* out = drawn_ != nullptr ? drawn_ + n * D_ : nullptr;
     if constexpr (std::is_same_v<scalar_t, float>) {
-      return normals_.data();
+      float* normals = out != nullptr ? out : normals_.data();
+      fill_normals(seed_, n * D_, D_, normals);
+      return normals;
     } else {
-      std::copy(normals_.begin(), normals_.end(), converted_.begin());
-      return converted_.data();
+      fill_normals(seed_, n * D_, D_, normals_.data());
+      if (out == nullptr) out = converted_.data();
+      std::copy(normals_.begin(), normals_.end(), out);
+      return out;
     }
   }
 
  private:
   const scalar_t* eps_;
+  scalar_t* drawn_;
   int64_t seed_, D_;
   std::vector<float> normals_;
   std::vector<scalar_t> converted_;
@@ -179,12 +189,12 @@ struct LatentInputs {
 };
 
 template <typename scalar_t, bool kPrior, bool kPW, bool kSample, bool kKL>
-void latent_forward_kernel(const LatentInputs<scalar_t>& in, scalar_t* z, scalar_t* kl) {
+void latent_forward_kernel(const LatentInputs<scalar_t>& in, scalar_t* z, scalar_t* kl, scalar_t* drawn_eps) {
   using V = Vec<scalar_t>;
   constexpr int64_t W = V::size();
   const int64_t D = in.D;
   at::parallel_for(0, in.N, row_grain(D), [&](int64_t n0, int64_t n1) {
-    RowNoise<scalar_t> noise(in.eps, in.seed, D, kSample);
+    RowNoise<scalar_t> noise(in.eps, in.seed, D, kSample, drawn_eps);
     const LatentBounds<V> bounds = in.vector_bounds();
     for (int64_t n = n0; n < n1; ++n) {
       const scalar_t* eps = kSample ? noise.row(n) : nullptr;
@@ -214,7 +224,7 @@ void latent_backward_kernel(const LatentInputs<scalar_t>& in, const scalar_t* gr
   constexpr int64_t W = V::size();
   const int64_t D = in.D;
   at::parallel_for(0, in.N, row_grain(D), [&](int64_t n0, int64_t n1) {
-    RowNoise<scalar_t> noise(in.eps, in.seed, D, kSample);
+    RowNoise<scalar_t> noise(in.eps, in.seed, D, kSample, nullptr);
     const LatentBounds<V> bounds = in.vector_bounds();
     for (int64_t n = n0; n < n1; ++n) {
       const scalar_t* eps = kSample ? noise.row(n) : nullptr;
@@ -344,26 +354,40 @@ LatentInputs<scalar_t> latent_inputs(const at::Tensor& mu_q, const at::Tensor& l
           {scalar_t(mu_min), scalar_t(mu_max), scalar_t(lv_min), scalar_t(lv_max), scalar_t(free_bits)}};
 }
 
-std::tuple<at::Tensor, at::Tensor> gaussian_sample_kl_cpu(
+// The forward; with keep_eps, the eps it draws (when sampling without a given eps) is returned as a third
+// tensor, else that one is undefined.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_kl_forward_cpu(
     const at::Tensor& mu_q, const at::Tensor& logvar_q, const OptTensor& mu_p, const OptTensor& logvar_p,
     const OptTensor& eps, const OptTensor& seed, bool sample, bool kl, bool precision_weighted, bool elementwise,
-    double free_bits, double mu_min, double mu_max, double logvar_min, double logvar_max) {
+    double free_bits, double mu_min, double mu_max, double logvar_min, double logvar_max, bool keep_eps) {
   check_latent_args(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl, precision_weighted);
   const auto mqc = mu_q.contiguous(), lqc = logvar_q.contiguous();
   const auto mpc = contiguous(mu_p), lpc = contiguous(logvar_p), ec = sample ? contiguous(eps) : std::nullopt;
   auto z = sample ? at::empty_like(mqc) : at::empty({0}, mu_q.options());
   auto kl_out = kl_output(mqc, kl, elementwise);
+  const at::Tensor drawn_eps = keep_eps && sample && !eps ? at::empty_like(mqc) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(mu_q.scalar_type(), "gaussian_sample_kl_cpu", [&] {
     const auto in = latent_inputs<scalar_t>(mqc, lqc, mpc, lpc, ec, sample ? seed : std::nullopt, elementwise,
                                             free_bits, mu_min, mu_max, logvar_min, logvar_max);
     const bool supported = dispatch_latent_step(mu_p.has_value(), precision_weighted, sample, kl,
                                                 [&](auto prior, auto pw, auto samp, auto with_kl) {
-      latent_forward_kernel<scalar_t, prior, pw, samp, with_kl>(in, sample ? z.mutable_data_ptr<scalar_t>() : nullptr,
-                                                                kl ? kl_out.mutable_data_ptr<scalar_t>() : nullptr);
+      latent_forward_kernel<scalar_t, prior, pw, samp, with_kl>(
+          in, sample ? z.mutable_data_ptr<scalar_t>() : nullptr, kl ? kl_out.mutable_data_ptr<scalar_t>() : nullptr,
+          drawn_eps.defined() ? drawn_eps.mutable_data_ptr<scalar_t>() : nullptr);
     });
     TORCH_CHECK(supported, "fastlv: gaussian_sample_kl does not support sample=", sample, " kl=", kl,
                 " with", mu_p ? "" : "out", " a prior");
   });
+  return {z, kl_out, drawn_eps};
+}
+
+std::tuple<at::Tensor, at::Tensor> gaussian_sample_kl_cpu(
+    const at::Tensor& mu_q, const at::Tensor& logvar_q, const OptTensor& mu_p, const OptTensor& logvar_p,
+    const OptTensor& eps, const OptTensor& seed, bool sample, bool kl, bool precision_weighted, bool elementwise,
+    double free_bits, double mu_min, double mu_max, double logvar_min, double logvar_max) {
+  auto [z, kl_out, unused] = sample_kl_forward_cpu(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl,
+                                                   precision_weighted, elementwise, free_bits, mu_min, mu_max,
+                                                   logvar_min, logvar_max, /*keep_eps=*/false);
   return {z, kl_out};
 }
 
@@ -472,9 +496,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> precision_weighted_ba
 
 // ---- autograd in C++ ----
 // fastlv.ops calls fastlv_C::gaussian_sample_kl directly in eager mode on the cpp and cuda backends, with
-// this Autograd kernel: the Python custom op fastlv::gaussian_sample_kl (kept for torch.compile, the
-// other backends and opcheck) spends ~0.5 ms of Python per forward+backward, the cost of the whole
-// kernel pair at the speech shape [32, 40, 256]. Both paths run the same kernels.
+// this Autograd kernel: the Python autograd of the custom op fastlv::gaussian_sample_kl (kept for
+// torch.compile, the other backends and opcheck) costs about as much as the kernels at the speech shape.
+// Both paths run the same kernels; on the CPU this one keeps the eps the forward draws.
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -528,10 +552,20 @@ struct SampleKL : torch::autograd::Function<SampleKL> {
                                double free_bits, double mu_min, double mu_max, double logvar_min,
                                double logvar_max) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [z, kl_out] = sample_kl_kernel(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl, precision_weighted,
-                                        elementwise, free_bits, mu_min, mu_max, logvar_min, logvar_max);
+    at::Tensor z, kl_out, drawn_eps;
+    if (mu_q.device().is_cpu()) {  // keeps the eps it draws: the backward reads it instead of regenerating
+      std::tie(z, kl_out, drawn_eps) =
+          sample_kl_forward_cpu(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl, precision_weighted,
+                                elementwise, free_bits, mu_min, mu_max, logvar_min, logvar_max, /*keep_eps=*/true);
+    } else {
+      std::tie(z, kl_out) = sample_kl_kernel(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl,
+                                             precision_weighted, elementwise, free_bits, mu_min, mu_max, logvar_min,
+                                             logvar_max);
+    }
+    const bool kept = drawn_eps.defined();
     ctx->save_for_backward({mu_q, logvar_q, mu_p.value_or(at::Tensor()), logvar_p.value_or(at::Tensor()),
-                            eps.value_or(at::Tensor()), seed.value_or(at::Tensor())});
+                            kept ? drawn_eps : eps.value_or(at::Tensor()),
+                            kept ? at::Tensor() : seed.value_or(at::Tensor())});
     ctx->saved_data["modes"] = c10::List<bool>({sample, kl, precision_weighted, elementwise});
     ctx->saved_data["limits"] = std::vector<double>{free_bits, mu_min, mu_max, logvar_min, logvar_max};
     return {z, kl_out};

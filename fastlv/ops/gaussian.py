@@ -23,17 +23,23 @@ Noise. When eps is not given, the kernel draws it with the counter-based generat
 csrc/common/philox.h (Philox4x32-10 + Box-Muller, one definition for the C++, CUDA, Triton and
 reference kernels, so every backend draws the same eps up to float rounding). Its 63-bit seed is drawn
 from ``generator`` (default: torch's default generator of the device), so ``torch.manual_seed``
-reproduces the samples and successive calls differ. The backward regenerates eps from the seed rather
-than storing it: storing would keep an extra [..., D] tensor per call alive until the backward (for a
-whole sequence of the flat SRNN, 32 MB at [32, 1000, 256]), while regenerating costs compute only,
-which is free on a GPU (the kernels are bandwidth bound) and cheap on the CPU (vectorized Philox).
-Recovering eps as (z - mu) / sigma from the saved output was rejected: it loses precision when
-|mu| >> sigma, badly so for fp16 z.
+reproduces the samples and successive calls differ. Where the backward gets eps is a per-device choice:
+- GPU (and every torch.compile graph): the backward regenerates eps from the seed. The kernels are
+  bandwidth bound there, so regenerating is free, and it saves keeping an extra [..., D] tensor per call
+  alive until the backward (32 MB for a whole flat-SRNN sequence [32, 1000, 256]).
+- CPU, eager: the forward keeps the eps it draws and the backward reads it. On the CPU the generator is
+  compute bound: ~1 ns per normal on 2 cores, as much as the rest of the backward. Eager PyTorch code
+  keeps its eps too, so the memory is the same as the code it replaces.
+- Recovering eps as (z - mu) / sigma from the saved output was rejected: it loses precision when
+  |mu| >> sigma, badly so for fp16 z.
 
-Each op is a ``torch.library.custom_op``; an eager forward+backward costs ~0.4 ms of Python dispatch on
-2 CPU cores (torch 2.13), negligible for whole-sequence calls, noticeable inside a per-step Python loop
-over short shapes. torch.library re-fills the schema arguments on every call at a cost quadratic in their
-number, so fastlv::gaussian_sample_kl takes its options as two lists (see its definition).
+Dispatch. fastlv::gaussian_sample_kl is a ``torch.library.custom_op``: torch.compile, opcheck and the ref
+and triton backends use it. Its Python autograd costs ~0.3 ms per forward+backward on 2 CPU cores
+(torch 2.13), as much as the kernels themselves at the speech shape [32, 40, 256]. So in eager mode on the
+cpp and cuda backends, the public functions call its kernel op fastlv_C::gaussian_sample_kl directly.
+That op has its autograd registered in C++, which cuts the total overhead of a forward+backward from
+~610 to ~340 us. torch.library also re-fills the schema arguments on every call, at a cost quadratic in
+their number, so the op takes its options as two lists (see its definition).
 """
 from __future__ import annotations
 
@@ -414,12 +420,17 @@ def _flat(args: tuple) -> tuple:
     return (*tensors, *modes, *limits)
 
 
+def _sample_kl_cpp_autograd(*args) -> tuple[Tensor, Tensor]:
+    """fastlv_C::gaussian_sample_kl on the arguments of fastlv::gaussian_sample_kl: the kernel op, whose
+    autograd is registered in C++ (csrc/cpu/gaussian.cpp; on the CPU it keeps the eps it draws)."""
+    return torch.ops.fastlv_C.gaussian_sample_kl(*_flat(args))
+
+
 def _sample_kl(args: tuple) -> tuple[Tensor, Tensor]:
-    """fastlv::gaussian_sample_kl on ``args``; in eager mode on the compiled backends, its kernel op
-    fastlv_C::gaussian_sample_kl directly, whose autograd is registered in C++ (csrc/cpu/gaussian.cpp):
-    the Python custom op costs ~0.5 ms per forward+backward, as much as the kernels at the speech shape."""
+    """fastlv::gaussian_sample_kl on ``args``, or in eager mode on the compiled backends its C++ autograd
+    twin: the Python custom op costs ~0.3 ms per forward+backward, as much as the kernels at the speech shape."""
     if not torch.compiler.is_compiling() and select(args[0].device) in ("cpp", "cuda"):
-        return torch.ops.fastlv_C.gaussian_sample_kl(*_flat(args))
+        return _sample_kl_cpp_autograd(*args)
     return _sample_kl_op(*args)
 
 
@@ -466,7 +477,7 @@ def gaussian_rsample(mu: Tensor, logvar: Tensor, eps: Tensor | None = None,
         generator: the torch generator the seed is drawn from when eps is not given.
         mu_min, mu_max, logvar_min, logvar_max: optional clamps (module doc).
 
-    Differentiable w.r.t. mu and logvar; the backward regenerates eps from the seed.
+    Differentiable w.r.t. mu and logvar; the backward reads or regenerates eps (module doc).
     """
     args = _sample_kl_args(mu, logvar, None, None, eps, generator, True, False, False, False, None,
                            _bounds(mu_min, mu_max, logvar_min, logvar_max))
