@@ -117,8 +117,9 @@ def test_tcn_causality_and_training():
     assert all(p.grad is not None for n, p in tcn.named_parameters() if ".skip." not in n)  # skips: unused here
 
 
+@pytest.mark.parametrize("backend", ["cpp", "ref"])  # the fused C++ step (wavenet_block_step), torch ops
 @pytest.mark.parametrize("kernel_size,skip_channels,cond", [(2, None, None), (3, 5, "local"), (2, 5, "global")])
-def test_incremental_generation_matches_full_forward(kernel_size, skip_channels, cond):
+def test_incremental_generation_matches_full_forward(kernel_size, skip_channels, cond, backend):
     torch.manual_seed(0)
     steps = 300
     tcn = TCN(3, 8, levels=3, blocks_per_level=4, kernel_size=kernel_size, skip_channels=skip_channels,
@@ -126,7 +127,7 @@ def test_incremental_generation_matches_full_forward(kernel_size, skip_channels,
     x = torch.randn(2, 3, steps, dtype=torch.float64)
     c = {None: None, "local": torch.randn(2, 2, steps, dtype=torch.float64),
          "global": torch.randn(2, 2, dtype=torch.float64)}[cond]
-    with torch.no_grad():
+    with torch.no_grad(), fastlv.use_backend(backend):
         full = tcn(x, c)
         state = tcn.init_state(2)
         for t in range(steps):
@@ -152,6 +153,23 @@ def test_incremental_generation_float32_autoregressive():
             x_t = torch.tanh(tcn.step(x_t, state).levels[-1])
         full = tcn(torch.stack(inputs, -1)).levels[-1]
     torch.testing.assert_close(torch.tanh(full[:, :, -1]), x_t, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_step_errors():
+    block = WaveNetBlock(4, 4, 2, 2)
+    queue = block.init_queue(2)
+    x = torch.randn(2, 4)
+
+    def step(write_row=0, res_weight_t=queue.res_weight_t, inp=x):
+        return torch.ops.fastlv_C.wavenet_block_step(x, queue.buffer, [0], write_row, queue.stacked_weight,
+                                                     block.bias, None, inp, res_weight_t, block.res.bias, None, None)
+    assert step()[0].shape == (2, 4)
+    with pytest.raises(RuntimeError, match="write_row 2 is outside the buffer"):
+        step(write_row=2)
+    with pytest.raises(RuntimeError, match="res_weight_t must be contiguous"):
+        step(res_weight_t=queue.res_weight_t.t())
+    with pytest.raises(RuntimeError, match=r"inp must have shape \[2, 4\]"):
+        step(inp=x[:1])
 
 
 def test_block_compiles_fullgraph():

@@ -65,4 +65,46 @@ inline void check_conv_backward_args(const at::Tensor& grad, const at::Tensor& x
   check_shape(grad, {B, C2 / 2, T}, "grad");
 }
 
+// Inputs of one generation step (fastlv_C::wavenet_block_step), all of x_t's device and dtype:
+// x_t [B, C_in]; buffer [L, B, C_in] contiguous (written in place) with the read rows and write_row
+// (-1: none) in range; weights transposed and contiguous: stacked_weight [(reads + 1) C_in, 2C],
+// res_weight_t [C, C], skip_weight_t [C, S]; bias [2C], res_bias [C], skip_bias [S]; pre_add [B, 2C],
+// inp [B, C].
+inline void check_step_args(const at::Tensor& x_t, const at::Tensor& buffer, at::IntArrayRef read_rows,
+                            int64_t write_row, const at::Tensor& stacked_weight, const at::Tensor& bias,
+                            const c10::optional<at::Tensor>& pre_add, const at::Tensor& inp,
+                            const at::Tensor& res_weight_t, const at::Tensor& res_bias,
+                            const c10::optional<at::Tensor>& skip_weight_t,
+                            const c10::optional<at::Tensor>& skip_bias) {
+  check_float(x_t, "x_t");
+  TORCH_CHECK(x_t.dim() == 2, "fastlv: x_t must be [B, C_in], got ", x_t.sizes());
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) % 2 == 0, "fastlv: bias must be [2C], got ", bias.sizes());
+  const int64_t B = x_t.size(0), C_in = x_t.size(1), C2 = bias.size(0), C = C2 / 2;
+  const auto check = [&](const at::Tensor& t, at::IntArrayRef shape, const char* name) {
+    check_same(t, x_t, name, "x_t");
+    check_shape(t, shape, name);
+  };
+  const auto check_contiguous = [&](const at::Tensor& t, at::IntArrayRef shape, const char* name) {
+    check(t, shape, name);
+    TORCH_CHECK(t.is_contiguous(), "fastlv: ", name, " must be contiguous");
+  };
+  TORCH_CHECK(buffer.dim() == 3, "fastlv: buffer must be [L, B, C_in], got ", buffer.sizes());
+  const int64_t L = buffer.size(0);
+  check_contiguous(buffer, {L, B, C_in}, "buffer");
+  for (const int64_t r : read_rows) TORCH_CHECK(0 <= r && r < L, "fastlv: read row ", r, " is outside the buffer");
+  TORCH_CHECK(-1 <= write_row && write_row < L, "fastlv: write_row ", write_row, " is outside the buffer");
+  check_contiguous(stacked_weight, {int64_t(read_rows.size() + 1) * C_in, C2}, "stacked_weight");
+  check_contiguous(bias, {C2}, "bias");
+  if (pre_add) check(*pre_add, {B, C2}, "pre_add");
+  check(inp, {B, C}, "inp");
+  check_contiguous(res_weight_t, {C, C}, "res_weight_t");
+  check_contiguous(res_bias, {C}, "res_bias");
+  TORCH_CHECK(skip_weight_t.has_value() == skip_bias.has_value(), "fastlv: give skip_weight_t and skip_bias, or neither");
+  if (skip_weight_t) {
+    TORCH_CHECK(skip_weight_t->dim() == 2, "fastlv: skip_weight_t must be [C, S], got ", skip_weight_t->sizes());
+    check_contiguous(*skip_weight_t, {C, skip_weight_t->size(1)}, "skip_weight_t");
+    check_contiguous(*skip_bias, {skip_weight_t->size(1)}, "skip_bias");
+  }
+}
+
 }  // namespace fastlv
