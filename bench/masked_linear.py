@@ -81,7 +81,7 @@ def kept_flops(masks: list[torch.Tensor], rows: int, backward: bool) -> float:
 
 def run(quick: bool = False, device: str = "cpu", bandwidth: float | None = None) -> list[dict]:
     rows = []
-    repeats = 5 if quick else 15
+    repeats = 25  # a layer's fwd+bwd takes ~10 ms: medians of many runs, even in quick mode
     rate = sgemm_flops_per_second(device)
     backends = ["cpp"] if device == "cpu" else ["cuda", "triton"]
     fastlv_backends = [b for b in backends if fastlv.backends(device)[b] == "available"]
@@ -126,10 +126,7 @@ def run(quick: bool = False, device: str = "cpu", bandwidth: float | None = None
     providers = {"eager": lambda: head_step(reference), "compile": lambda: head_step(compiled_reference)}
     for b in fastlv_backends:
         providers[f"fastlv-{b}"] = with_backend(b, lambda: head_step(made.log_prob))
-    if quick:
-        times = time_providers(providers, repeats=2, warmup=1, device=device)
-    else:
-        times = time_providers(providers, repeats=max(3, repeats // 2), device=device)
+    times = time_providers(providers, repeats=5 if quick else 9, warmup=1 if quick else 2, device=device)
     masks = [layer.mask for layer in (*made.hidden, made.output)]
     bound = kept_flops(masks, n_rows, backward=True) / rate
     for name, t in times.items():
