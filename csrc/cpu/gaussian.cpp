@@ -503,32 +503,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> precision_weighted_ba
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The kernels of the device below autograd, through the dispatcher (CPU or CUDA).
-std::tuple<at::Tensor, at::Tensor> sample_kl_kernel(const at::Tensor& mu_q, const at::Tensor& logvar_q,
-                                                    const OptTensor& mu_p, const OptTensor& logvar_p,
-                                                    const OptTensor& eps, const OptTensor& seed, bool sample, bool kl,
-                                                    bool precision_weighted, bool elementwise, double free_bits,
-                                                    double mu_min, double mu_max, double logvar_min,
-                                                    double logvar_max) {
-  static const auto op = c10::Dispatcher::singleton()
-                              .findSchemaOrThrow("fastlv_C::gaussian_sample_kl", "")
-                              .typed<decltype(gaussian_sample_kl_cpu)>();
-  return op.call(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl, precision_weighted, elementwise, free_bits,
-                 mu_min, mu_max, logvar_min, logvar_max);
-}
-
-std::vector<at::Tensor> sample_kl_backward_kernel(const OptTensor& grad_z, const OptTensor& grad_kl,
-                                                  const at::Tensor& mu_q, const at::Tensor& logvar_q,
-                                                  const OptTensor& mu_p, const OptTensor& logvar_p,
-                                                  const OptTensor& eps, const OptTensor& seed, bool sample, bool kl,
-                                                  bool precision_weighted, bool elementwise, double free_bits,
-                                                  double mu_min, double mu_max, double logvar_min,
-                                                  double logvar_max) {
-  static const auto op = c10::Dispatcher::singleton()
-                              .findSchemaOrThrow("fastlv_C::gaussian_sample_kl_backward", "")
-                              .typed<decltype(gaussian_sample_kl_backward_cpu)>();
-  return op.call(grad_z, grad_kl, mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl, precision_weighted,
-                 elementwise, free_bits, mu_min, mu_max, logvar_min, logvar_max);
+// An op of fastlv_C through the dispatcher: below autograd it runs the kernel of the device (CPU or CUDA).
+// Fn: the signature of its CPU kernel.
+template <typename Fn>
+c10::TypedOperatorHandle<Fn> kernel_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
 }
 
 OptTensor defined_or_none(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
@@ -537,8 +516,10 @@ OptTensor defined_or_none(const at::Tensor& t) { return t.defined() ? OptTensor(
 struct SampleKLBackward : torch::autograd::Function<SampleKLBackward> {
   template <typename... Args>
   static variable_list forward(AutogradContext*, Args&&... args) {
+    static const auto kernel =
+        kernel_op<decltype(gaussian_sample_kl_backward_cpu)>("fastlv_C::gaussian_sample_kl_backward");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return sample_kl_backward_kernel(std::forward<Args>(args)...);
+    return kernel.call(std::forward<Args>(args)...);
   }
   static variable_list backward(AutogradContext*, variable_list) {
     TORCH_CHECK_NOT_IMPLEMENTED(false, "fastlv: double backward through fastlv::gaussian_sample_kl is not implemented");
@@ -558,9 +539,9 @@ struct SampleKL : torch::autograd::Function<SampleKL> {
           sample_kl_forward_cpu(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl, precision_weighted,
                                 elementwise, free_bits, mu_min, mu_max, logvar_min, logvar_max, /*keep_eps=*/true);
     } else {
-      std::tie(z, kl_out) = sample_kl_kernel(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl,
-                                             precision_weighted, elementwise, free_bits, mu_min, mu_max, logvar_min,
-                                             logvar_max);
+      static const auto kernel = kernel_op<decltype(gaussian_sample_kl_cpu)>("fastlv_C::gaussian_sample_kl");
+      std::tie(z, kl_out) = kernel.call(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl, precision_weighted,
+                                        elementwise, free_bits, mu_min, mu_max, logvar_min, logvar_max);
     }
     const bool kept = drawn_eps.defined();
     ctx->save_for_backward({mu_q, logvar_q, mu_p.value_or(at::Tensor()), logvar_p.value_or(at::Tensor()),
