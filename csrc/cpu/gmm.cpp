@@ -52,11 +52,16 @@ struct Block {
   // The block's [W, K] parameters as load() reads them: in place, or transposed into scratch [K, W].
   const scalar_t* prepare(const scalar_t* params, scalar_t* scratch) const {
     if (kGather || contiguous) return params;
-    int64_t k = 0;
     if constexpr (std::is_same_v<scalar_t, float> && W == 8) {
-      for (; k + W <= K; k += W) at::vec::transpose_mxn<float, 8, 8>(params + k, K, scratch + k * W, W);
+      if (K >= W) {  // 8 x 8 tiles; a last partial one is shifted back to end at K (overlapping the previous)
+        for (int64_t k = 0; k < K; k += W) {
+          const int64_t first = std::min(k, K - W);
+          at::vec::transpose_mxn<float, 8, 8>(params + first, K, scratch + first * W, W);
+        }
+        return scratch;
+      }
     }
-    at::vec::transpose_mxn<scalar_t>(params + k, K, scratch + k * W, W, W, K - k);  // components past the tiles
+    at::vec::transpose_mxn<scalar_t>(params, K, scratch, W, W, K);  // scalar, for K < 8 and other types
     return scratch;
   }
   V load(const scalar_t* prepared, int64_t k) const {
