@@ -25,22 +25,18 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/addmm_cpu_dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/mm_cpu_dispatch.h>
 #include <ATen/ops/zeros.h>
-#include <c10/util/accumulate.h>
-#include <sys/mman.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <new>
 #include <tuple>
 #include <vector>
 
 #include "common/gated_conv_checks.h"
 #include "common/gated_conv_math.h"
+#include "cpu/buffers.h"
 #include "cpu/vec_math.h"
 
 namespace fastlv {
@@ -54,20 +50,6 @@ using Vec = at::vec::Vectorized<scalar_t>;
 constexpr int64_t kPanelRows = 1024;
 
 int64_t panel_count(int64_t rows) { return (rows + kPanelRows - 1) / kPanelRows; }
-
-// A new [T, B, C] buffer of tens of MB (pre, d_pre, out, d_x) comes from fresh pages, and faulting them
-// in 4 KB at a time costs about as much as a pass over the buffer. Large buffers are therefore allocated
-// 2 MB-aligned with transparent huge pages requested (madvise; the kernel's default mode), which cuts
-// the faults 512-fold. Small ones use the default allocator.
-at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  constexpr size_t kHugePage = size_t(2) << 20;
-  const size_t nbytes = c10::multiply_integers(sizes) * options.dtype().itemsize();
-  if (nbytes < 4 * kHugePage) return at::empty(sizes, options);
-  void* data = nullptr;
-  if (posix_memalign(&data, kHugePage, nbytes) != 0) throw std::bad_alloc();
-  madvise(data, nbytes, MADV_HUGEPAGE);  // a hint: without THP support the buffer just has 4 KB pages
-  return at::from_blob(data, sizes, [](void* p) { std::free(p); }, options);
-}
 
 // Adds bias (+ this row's conditioning) into the pre-activations of `rows` rows starting at row r0 and
 // writes the gated output. cond is null, [B, 2C] (global) or [T * B, 2C] (local).

@@ -22,6 +22,7 @@
 
 #include "common/checks.h"
 #include "common/gmm_math.h"
+#include "cpu/buffers.h"
 #include "cpu/vec_math.h"
 
 namespace fastlv {
@@ -150,20 +151,26 @@ void gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, const scalar_t
   using V = Vec<scalar_t>;
   constexpr int64_t W = V::size();
   at::parallel_for(0, (N + kBackwardChunk - 1) / kBackwardChunk, 4, [&](int64_t c0, int64_t c1) {
-    std::vector<scalar_t> buf(K > 1 ? 4 * kBackwardChunk * K : 0);
-    scalar_t *x_rep = buf.data(), *g_rep = x_rep + kBackwardChunk * K;
-    scalar_t *lse_a_rep = g_rep + kBackwardChunk * K, *lse_l_rep = lse_a_rep + kBackwardChunk * K;
+    // Per-element values repeated K times; W spare slots at the end of each (see below).
+    const int64_t rep_size = kBackwardChunk * K + W;
+    std::vector<scalar_t> buf(K > 1 ? 4 * rep_size : 0);
+    scalar_t *x_rep = buf.data(), *g_rep = x_rep + rep_size;
+    scalar_t *lse_a_rep = g_rep + rep_size, *lse_l_rep = lse_a_rep + rep_size;
     const V vlo(lo), vhi(hi);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t n0 = c * kBackwardChunk, n1 = std::min(N, n0 + kBackwardChunk), size = (n1 - n0) * K;
       const scalar_t *xs = x + n0, *gs = grad + n0, *lse_a = lse_components + n0, *lse_l = lse_logits + n0;
       if (K > 1) {
+        // Whole-vector stores: the last one of element n spills into element n + 1's slots, which
+        // n + 1 then overwrites (and past the last element, into the spare slots).
         for (int64_t n = n0; n < n1; ++n) {
-          const int64_t i = (n - n0) * K;
-          std::fill_n(x_rep + i, K, x[n]);
-          std::fill_n(g_rep + i, K, grad[n]);
-          std::fill_n(lse_a_rep + i, K, lse_components[n]);
-          std::fill_n(lse_l_rep + i, K, lse_logits[n]);
+          const V xv(x[n]), gv(grad[n]), lse_av(lse_components[n]), lse_lv(lse_logits[n]);
+          for (int64_t i = (n - n0) * K, end = i + K; i < end; i += W) {
+            xv.store(x_rep + i);
+            gv.store(g_rep + i);
+            lse_av.store(lse_a_rep + i);
+            lse_lv.store(lse_l_rep + i);
+          }
         }
         xs = x_rep, gs = g_rep, lse_a = lse_a_rep, lse_l = lse_l_rep;
       }
@@ -304,8 +311,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_log_prob_backward
   auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), lc = logits.contiguous();
   auto mc = mu.contiguous(), sc = log_sigma.contiguous();
   auto pc = lse_components.contiguous(), ec = lse_logits.contiguous();
-  auto d_x = at::empty_like(xc), d_logits = at::empty_like(lc), d_mu = at::empty_like(mc);
-  auto d_log_sigma = at::empty_like(sc);
+  auto d_x = empty_buffer_like(xc), d_logits = empty_buffer_like(lc), d_mu = empty_buffer_like(mc);
+  auto d_log_sigma = empty_buffer_like(sc);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_log_prob_backward_cpu", [&] {
     gmm_backward_kernel<scalar_t>(gc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), lc.data_ptr<scalar_t>(),
                                   mc.data_ptr<scalar_t>(), sc.data_ptr<scalar_t>(), pc.data_ptr<scalar_t>(),
@@ -342,8 +349,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> diag_gmm_log_prob_bac
   auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), lc = logits.contiguous();
   auto mc = mu.contiguous(), sc = log_sigma.contiguous();
   const int64_t D = x.size(-1), K = logits.size(-1), N = logits.numel() / K;
-  auto d_x = at::empty_like(xc), d_logits = at::empty_like(lc), d_mu = at::empty_like(mc);
-  auto d_log_sigma = at::empty_like(sc);
+  auto d_x = empty_buffer_like(xc), d_logits = empty_buffer_like(lc), d_mu = empty_buffer_like(mc);
+  auto d_log_sigma = empty_buffer_like(sc);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diag_gmm_log_prob_backward_cpu", [&] {
     diag_gmm_backward_kernel<scalar_t>(gc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(),
                                        lc.data_ptr<scalar_t>(), mc.data_ptr<scalar_t>(),
