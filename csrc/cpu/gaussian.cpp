@@ -15,7 +15,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -30,6 +29,7 @@
 #include "common/gaussian_checks.h"
 #include "common/gaussian_math.h"
 #include "common/philox.h"
+#include "cpu/buffers.h"
 #include "cpu/vec_math.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte GCC vectors are passed only between inlined functions
@@ -363,9 +363,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_kl_forward_cpu(
   check_latent_args(mu_q, logvar_q, mu_p, logvar_p, eps, seed, sample, kl, precision_weighted);
   const auto mqc = mu_q.contiguous(), lqc = logvar_q.contiguous();
   const auto mpc = contiguous(mu_p), lpc = contiguous(logvar_p), ec = sample ? contiguous(eps) : std::nullopt;
-  auto z = sample ? at::empty_like(mqc) : at::empty({0}, mu_q.options());
+  auto z = sample ? empty_buffer_like(mqc) : at::empty({0}, mu_q.options());
   auto kl_out = kl_output(mqc, kl, elementwise);
-  const at::Tensor drawn_eps = keep_eps && sample && !eps ? at::empty_like(mqc) : at::Tensor();
+  const at::Tensor drawn_eps = keep_eps && sample && !eps ? empty_buffer_like(mqc) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(mu_q.scalar_type(), "gaussian_sample_kl_cpu", [&] {
     const auto in = latent_inputs<scalar_t>(mqc, lqc, mpc, lpc, ec, sample ? seed : std::nullopt, elementwise,
                                             free_bits, mu_min, mu_max, logvar_min, logvar_max);
@@ -400,8 +400,8 @@ std::vector<at::Tensor> gaussian_sample_kl_backward_cpu(
   const auto [gz, gkl] = latent_output_grads(grad_z, grad_kl, mu_q, sample, kl, elementwise);
   const auto mqc = mu_q.contiguous(), lqc = logvar_q.contiguous();
   const auto mpc = contiguous(mu_p), lpc = contiguous(logvar_p), ec = sample ? contiguous(eps) : std::nullopt;
-  std::vector<at::Tensor> grads = {at::empty_like(mqc), at::empty_like(lqc)};
-  if (mu_p) grads.insert(grads.end(), {at::empty_like(mqc), at::empty_like(mqc)});
+  std::vector<at::Tensor> grads = {empty_buffer_like(mqc), empty_buffer_like(lqc)};
+  if (mu_p) grads.insert(grads.end(), {empty_buffer_like(mqc), empty_buffer_like(mqc)});
   AT_DISPATCH_FLOATING_TYPES(mu_q.scalar_type(), "gaussian_sample_kl_backward_cpu", [&] {
     const auto in = latent_inputs<scalar_t>(mqc, lqc, mpc, lpc, ec, sample ? seed : std::nullopt, elementwise,
                                             free_bits, mu_min, mu_max, logvar_min, logvar_max);
@@ -444,7 +444,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_log_prob_backward_cpu(
   check_shape(grad, row_output_shape(x, elementwise), "grad");
   const auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), mc = mu.contiguous();
   const auto lc = logvar.contiguous();
-  auto d_x = at::empty_like(xc), d_mu = at::empty_like(mc), d_logvar = at::empty_like(lc);
+  auto d_x = empty_buffer_like(xc), d_mu = empty_buffer_like(mc), d_logvar = empty_buffer_like(lc);
   const auto [N, D] = rows_of(xc);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gaussian_log_prob_backward_cpu", [&] {
     log_prob_backward_kernel<scalar_t>(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
@@ -462,7 +462,7 @@ std::tuple<at::Tensor, at::Tensor> precision_weighted_cpu(const at::Tensor& mu_a
                                                           const at::Tensor& mu_b, const at::Tensor& var_b) {
   check_precision_weighted_args(mu_a, var_a, mu_b, var_b);
   const auto mac = mu_a.contiguous(), vac = var_a.contiguous(), mbc = mu_b.contiguous(), vbc = var_b.contiguous();
-  auto mu = at::empty_like(mac), var = at::empty_like(mac);
+  auto mu = empty_buffer_like(mac), var = empty_buffer_like(mac);
   AT_DISPATCH_FLOATING_TYPES(mu_a.scalar_type(), "precision_weighted_cpu", [&] {
     precision_weighted_forward_kernel<scalar_t>(mac.const_data_ptr<scalar_t>(), vac.const_data_ptr<scalar_t>(),
                                                 mbc.const_data_ptr<scalar_t>(), vbc.const_data_ptr<scalar_t>(),
@@ -482,8 +482,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> precision_weighted_ba
   check_shape(grad_var, mu_a.sizes(), "grad_var");
   const auto gmc = grad_mu.contiguous().to(mu_a.scalar_type()), gvc = grad_var.contiguous().to(mu_a.scalar_type());
   const auto mac = mu_a.contiguous(), vac = var_a.contiguous(), mbc = mu_b.contiguous(), vbc = var_b.contiguous();
-  auto d_mu_a = at::empty_like(mac), d_var_a = at::empty_like(mac), d_mu_b = at::empty_like(mac);
-  auto d_var_b = at::empty_like(mac);
+  auto d_mu_a = empty_buffer_like(mac), d_var_a = empty_buffer_like(mac), d_mu_b = empty_buffer_like(mac);
+  auto d_var_b = empty_buffer_like(mac);
   AT_DISPATCH_FLOATING_TYPES(mu_a.scalar_type(), "precision_weighted_backward_cpu", [&] {
     precision_weighted_backward_kernel<scalar_t>(
         gmc.const_data_ptr<scalar_t>(), gvc.const_data_ptr<scalar_t>(), mac.const_data_ptr<scalar_t>(),
