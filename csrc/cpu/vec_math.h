@@ -75,7 +75,8 @@ template <> inline Vectorized<double> sqrt_of(Vectorized<double> v) { return v.s
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 // log(x) inline (at::vec's log() calls Sleef's logf out of line): x = 2^e m with m in [sqrt(1/2),
 // sqrt(2)), log x = e ln 2 + log1p(f) with f = m - 1, log1p(f) = f - f^2/2 + f^3 P(f) with the degree-8 P
-// of Cephes' logf, and ln 2 in two parts (e ln2_hi is exact). 0.8 ulp over the normal floats. Denormals
+// of Cephes' logf, and ln 2 in two parts (e ln2_hi is exact). 0.8 ulp over the normal floats (in a float32
+// emulation of these steps; the kernels' tests check it through Box-Muller and the GMM). Denormals
 // are scaled by 2^23 first; log(0) = -inf, log(x < 0) = NaN, log(inf) = inf, NaN stays NaN.
 template <> inline Vectorized<float> log_of(Vectorized<float> v) {
   using V = Vectorized<float>;
