@@ -17,7 +17,7 @@ and the 1x1 convolutions are single GEMMs over ``[T * B, C]`` matrices and no bl
 Incremental generation (``TCN.init_state`` / ``TCN.step``): each block keeps a queue of its last
 (k - 1) * dilation inputs, so one new step costs O(blocks) small GEMMs instead of re-running the stack
 over the receptive field; the outputs equal the full-sequence forward's at every step. On the CPU (cpp
-backend), a step of up to 16 sequences without autograd is one C++ call per block
+backend), a step of up to SMALL_STEP_ROWS (16) sequences without autograd is one C++ call per block
 (fastlv_C::wavenet_block_step): there, ATen's one-row GEMMs and the Python between them cost ~160 us
 per block, the fused step ~60 us (most of it the op call from Python).
 """
@@ -54,11 +54,16 @@ def _channels_first(t: Tensor) -> Tensor:
     return t.permute(1, 2, 0)
 
 
+# Generation steps of at most this many sequences are a chain of GEMVs (one row per sequence), handled as
+# such on the CPU: one thread, and the fused step below.
+SMALL_STEP_ROWS = 16
+
+
 @contextlib.contextmanager
-def _single_threaded_if_small(x_t: Tensor, max_rows: int = 16):
+def _single_threaded_if_small(x_t: Tensor):
     """One generation step of a small batch is a chain of GEMVs: on the CPU, splitting each over OpenMP
     threads costs more than the work (and stalls whenever a core is busy), so it runs on one thread."""
-    if x_t.device.type != "cpu" or x_t.shape[0] > max_rows or torch.get_num_threads() == 1:
+    if x_t.device.type != "cpu" or x_t.shape[0] > SMALL_STEP_ROWS or torch.get_num_threads() == 1:
         yield
         return
     threads = torch.get_num_threads()
@@ -70,9 +75,10 @@ def _single_threaded_if_small(x_t: Tensor, max_rows: int = 16):
 
 
 def _fused_step(x_t: Tensor) -> bool:
-    """Whether a generation step runs as fastlv_C::wavenet_block_step: on the cpp backend, up to 16
-    sequences (beyond, ATen's GEMMs are efficient), with autograd off (the fused step has no backward)."""
-    return x_t.shape[0] <= 16 and not torch.is_grad_enabled() and select(x_t.device) == "cpp"
+    """Whether a generation step runs as fastlv_C::wavenet_block_step: on the cpp backend, up to
+    SMALL_STEP_ROWS sequences (beyond, ATen's GEMMs are efficient), with autograd off (the fused step has
+    no backward)."""
+    return x_t.shape[0] <= SMALL_STEP_ROWS and not torch.is_grad_enabled() and select(x_t.device) == "cpp"
 
 
 class WaveNetBlock(nn.Module):
