@@ -25,6 +25,9 @@ template <typename T> FASTLV_HD T max_of(T a, T b);
 template <typename T> FASTLV_HD T min_of(T a, T b);
 // v where lo <= x <= hi, else 0 (gradient of a clamp).
 template <typename T> FASTLV_HD T where_in_range(T x, T lo, T hi, T v);
+template <typename T> FASTLV_HD T tanh_of(T v);
+// a where x > 0, else b (also where x is NaN).
+template <typename T> FASTLV_HD T if_positive(T x, T a, T b);
 
 template <> FASTLV_HD float exp_of<float>(float v) { return expf(v); }
 template <> FASTLV_HD double exp_of<double>(double v) { return exp(v); }
@@ -53,6 +56,10 @@ template <> FASTLV_HD double where_in_range<double>(double x, double lo, double 
   return (x >= lo && x <= hi) ? v : 0.0;
 }
 
+template <> FASTLV_HD float tanh_of<float>(float v) { return tanhf(v); }
+template <> FASTLV_HD double tanh_of<double>(double v) { return tanh(v); }
+template <> FASTLV_HD float if_positive<float>(float x, float a, float b) { return x > 0.0f ? a : b; }
+template <> FASTLV_HD double if_positive<double>(double x, double a, double b) { return x > 0.0 ? a : b; }
 template <typename T> FASTLV_HD T clamp_of(T v, T lo, T hi) { return min_of(max_of(v, lo), hi); }
 
 }  // namespace fastlv

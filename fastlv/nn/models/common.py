@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastlv._backend import select
 from fastlv.nn.base import SequenceModel
 from fastlv.ops import gaussian_rsample
 
@@ -134,6 +135,38 @@ class LatentModel(RecurrentModel):
         return torch.logsumexp(log_w, 0) - math.log(k)
 
 
+def _fused_loop(pre: Tensor) -> bool:
+    """Whether StochasticLSTM runs its loop as fastlv_C::stochastic_lstm: eager mode on the cpp backend
+    (torch.compile and the other backends trace or run the PyTorch loop)."""
+    return (pre.device.type == "cpu" and pre.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling() and select(pre.device) == "cpp")
+
+
+class _FusedLoop(torch.autograd.Function):
+    """The stochastic LSTM loop as one C++ call forward and one backward (csrc/cpu/stochastic_lstm.cpp):
+    ``pre [B, N, 2M + 4H]``, ``eps [B, N, L]`` -> ``(h_prev, h, z, q, p)`` ``[B, N, ...]``.
+    It keeps the gate pre-activations, cell states, MLP hidden units and unclamped outputs of every step
+    for the backward, as PyTorch's autograd of the loop does."""
+
+    @staticmethod
+    def forward(ctx, pre, eps, w_state, w_latent, w_out, b_out, param_clamp):
+        h_prev, h, z, q, p, *saved = torch.ops.fastlv_C.stochastic_lstm(pre, eps, w_state, w_latent, w_out, b_out,
+                                                                        param_clamp)
+        ctx.save_for_backward(eps, w_state, w_latent, w_out, h_prev, z, *saved)
+        ctx.param_clamp = param_clamp
+        return h_prev, h, z, q, p
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        eps, w_state, w_latent, w_out, h_prev, z, s, c, u, o = ctx.saved_tensors
+        shapes = (h_prev, h_prev, z, o[0], o[0])  # shapes of the outputs' gradients
+        grads = [torch.zeros_like(like) if g is None else g for g, like in zip(grads, shapes)]
+        d_pre, d_eps, d_w_state, d_w_latent, d_w_out, d_b_out = torch.ops.fastlv_C.stochastic_lstm_backward(
+            *grads, eps, w_state, w_latent, w_out, h_prev, z, s, c, u, o, ctx.param_clamp)
+        return d_pre, d_eps, d_w_state, d_w_latent, d_w_out, d_b_out, None
+
+
 class StochasticLSTM(nn.Module):
     """The per-step loop of models whose latent z_t enters the recurrence (Z-Forcing Eq. 4-7; VRNN,
     Chung et al. 2015 / Dai et al. Appendix A):
@@ -148,6 +181,10 @@ class StochasticLSTM(nn.Module):
     per step, ONE matrix product of h_{t-1} yields the hidden-state parts of the gates and of both MLPs'
     first layers, W_z is folded into the gate weights, and the KL and output terms are left to the caller
     over the whole sequence. Means and log-variances are clamped to [-param_clamp, param_clamp].
+
+    In eager mode on the cpp backend the loop runs in C++ (fastlv_C::stochastic_lstm, forward and
+    backward; csrc/cpu/stochastic_lstm.cpp): in PyTorch ops, each step's ~15 small ops cost more in
+    dispatch and autograd than in arithmetic. torch.compile, the ref backend and GPUs run the PyTorch loop.
     """
 
     def __init__(self, d_input: int, d_posterior: int, d_rnn: int, d_latent: int, d_mlp: int,
@@ -181,7 +218,15 @@ class StochasticLSTM(nn.Module):
         w_latent = (w_ih[:, :M] @ self.latent_proj.weight).t()  # z_t -> gates, W_z folded in
         w_out = torch.stack([prior_out.weight.t(), post_out.weight.t()])  # both second layers as one bmm
         b_out = torch.stack([prior_out.bias, post_out.bias]).unsqueeze(1)
-        h = c = u.new_zeros(B, H)
+        if _fused_loop(pre):
+            return _FusedLoop.apply(pre, eps, w_state, w_latent, w_out, b_out.squeeze(1), self.param_clamp)
+        return self._loop(pre, eps, w_state, w_latent, w_out, b_out)
+
+    def _loop(self, pre: Tensor, eps: Tensor, w_state: Tensor, w_latent: Tensor, w_out: Tensor,
+              b_out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The loop as PyTorch ops (the reference of fastlv_C::stochastic_lstm)."""
+        B, H, M = pre.shape[0], self.d_rnn, self.d_mlp
+        h = c = pre.new_zeros(B, H)
         h_prev, hs, zs, qs, ps = [], [], [], [], []
         # unbind, not pre[:, t]: the backward of N slices would write N full-size zero tensors (O(N^2))
         for pre_t, eps_t in zip(pre.unbind(1), eps.unbind(1)):
