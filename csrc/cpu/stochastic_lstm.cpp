@@ -12,8 +12,9 @@
 // step cost more in dispatch and autograd than in arithmetic at these sizes (B = 32, H = 128..1024).
 // The backward runs the loop in reverse with only the products that carry gradients between steps
 // (to z_t, u_t and h_{t-1}); each weight gradient is then one GEMM over all steps.
-// Layout: batch-major [B, N, ...] (N steps) like the model's tensors, u and o as [2, B, N, ...]; step t of
-// a [B, N, width] tensor is a matrix with row stride N * width, which ATen's GEMMs take as it is.
+// Layout: time-major [N, B, ...] (N steps), u and o as [2, N, B, ...], so that the rows of one step are
+// one contiguous matrix. (Batch-major step matrices have a row stride of N times the width, a multiple
+// of 4 KB at the papers' sizes: every row of a step then maps to the same cache sets.)
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
@@ -48,21 +49,21 @@ void for_vectors(int64_t n, const Fn& fn) {
 
 struct Sizes {
   int64_t B, N, H, M, L, F;  // batch, steps, state, MLP width, latent size, 2M + 4H
-  // Row b of step t in a [B, N, width] tensor (step t of all rows is a matrix with row stride N * width).
+  // Row b of step t in a [N, B, width] tensor.
   template <typename T>
-  T* row(T* data, int64_t b, int64_t t, int64_t width) const { return data + (b * N + t) * width; }
+  T* row(T* data, int64_t b, int64_t t, int64_t width) const { return data + (t * B + b) * width; }
 };
 
 Sizes check_args(const at::Tensor& pre, const at::Tensor& eps, const at::Tensor& w_state,
                  const at::Tensor& w_latent, const at::Tensor& w_out, const at::Tensor& b_out) {
   TORCH_CHECK(pre.dim() == 3 && eps.dim() == 3 && w_state.dim() == 2 && w_latent.dim() == 2 && w_out.dim() == 3 &&
                   b_out.dim() == 2,
-              "fastlv: stochastic_lstm expects pre [B, N, F], eps [B, N, L], w_state [H, F], w_latent [L, 4H], "
+              "fastlv: stochastic_lstm expects pre [N, B, F], eps [N, B, L], w_state [H, F], w_latent [L, 4H], "
               "w_out [2, M, 2L], b_out [2, 2L]");
-  const Sizes n{pre.size(0), pre.size(1), w_state.size(0), w_out.size(1), eps.size(2), pre.size(2)};
+  const Sizes n{pre.size(1), pre.size(0), w_state.size(0), w_out.size(1), eps.size(2), pre.size(2)};
   TORCH_CHECK(n.F == 2 * n.M + 4 * n.H && w_state.size(1) == n.F, "fastlv: stochastic_lstm: pre and w_state must ",
               "have 2M + 4H = ", 2 * n.M + 4 * n.H, " columns, got ", n.F, " and ", w_state.size(1));
-  TORCH_CHECK(eps.size(0) == n.B && eps.size(1) == n.N, "fastlv: stochastic_lstm: eps must be [B, N, L] like pre");
+  TORCH_CHECK(eps.size(0) == n.N && eps.size(1) == n.B, "fastlv: stochastic_lstm: eps must be [N, B, L] like pre");
   TORCH_CHECK(w_latent.size(0) == n.L && w_latent.size(1) == 4 * n.H, "fastlv: stochastic_lstm: w_latent must be [L, 4H]");
   TORCH_CHECK(w_out.size(0) == 2 && w_out.size(2) == 2 * n.L && b_out.size(0) == 2 && b_out.size(1) == 2 * n.L,
               "fastlv: stochastic_lstm: w_out must be [2, M, 2L] and b_out [2, 2L]");
@@ -81,6 +82,65 @@ std::pair<Vec<scalar_t>, Vec<scalar_t>> clamp_bounds(std::optional<double> param
   return {Vec<scalar_t>(-c), Vec<scalar_t>(c)};
 }
 
+// The LSTM cell of step t for every row b: gate pre-activations from s (after the first 2M columns),
+// c_{t-1} from c (0 at t = 0) -> c_t, h_t.
+template <typename scalar_t>
+void cell_forward(const Sizes& n, int64_t t, const scalar_t* s_data, scalar_t* c_data, scalar_t* h_data) {
+  using V = Vec<scalar_t>;
+  for (int64_t b = 0; b < n.B; ++b) {
+    const scalar_t* g = n.row(s_data, b, t, n.F) + 2 * n.M;
+    const scalar_t* c_before = t > 0 ? n.row(c_data, b, t - 1, n.H) : nullptr;
+    scalar_t *c_row = n.row(c_data, b, t, n.H), *h_row = n.row(h_data, b, t, n.H);
+    for_vectors<scalar_t>(n.H, [&](int64_t k, int64_t count) {
+      V c_new, h_new;
+      lstm_cell(V::loadu(g + k, count), V::loadu(g + n.H + k, count), V::loadu(g + 2 * n.H + k, count),
+                V::loadu(g + 3 * n.H + k, count), c_before ? V::loadu(c_before + k, count) : V(0), c_new, h_new);
+      c_new.store(c_row + k, count);
+      h_new.store(h_row + k, count);
+    });
+  }
+}
+
+// Its backward at step t: d_h and d_c hold d loss / d h_t, c_t through the later steps (g_h is the
+// gradient of the output h); writes the gate pre-activation gradients into d_s and leaves
+// d loss / d c_{t-1} in d_c.
+template <typename scalar_t>
+void cell_backward(const Sizes& n, int64_t t, const scalar_t* s_data, const scalar_t* c_data, const scalar_t* g_h,
+                   const scalar_t* d_h, scalar_t* d_c, scalar_t* d_s_data) {
+  using V = Vec<scalar_t>;
+  for (int64_t b = 0; b < n.B; ++b) {
+    const scalar_t* g = n.row(s_data, b, t, n.F) + 2 * n.M;
+    scalar_t* d_g = n.row(d_s_data, b, t, n.F) + 2 * n.M;
+    const scalar_t* c_before = t > 0 ? n.row(c_data, b, t - 1, n.H) : nullptr;
+    const scalar_t *c_row = n.row(c_data, b, t, n.H), *g_h_row = n.row(g_h, b, t, n.H);
+    const scalar_t* d_h_row = d_h + b * n.H;
+    scalar_t* d_c_row = d_c + b * n.H;
+    for_vectors<scalar_t>(n.H, [&](int64_t k, int64_t count) {
+      V dgi, dgf, dgg, dgo, dc_before;
+      lstm_cell_grads(V::loadu(g + k, count), V::loadu(g + n.H + k, count), V::loadu(g + 2 * n.H + k, count),
+                      V::loadu(g + 3 * n.H + k, count), c_before ? V::loadu(c_before + k, count) : V(0),
+                      V::loadu(c_row + k, count), V::loadu(d_h_row + k, count) + V::loadu(g_h_row + k, count),
+                      V::loadu(d_c_row + k, count), dgi, dgf, dgg, dgo, dc_before);
+      dgi.store(d_g + k, count);
+      dgf.store(d_g + n.H + k, count);
+      dgg.store(d_g + 2 * n.H + k, count);
+      dgo.store(d_g + 3 * n.H + k, count);
+      dc_before.store(d_c_row + k, count);
+    });
+  }
+}
+
+// h shifted one step later: h_{t-1} at step t, 0 at step 0.
+at::Tensor previous_states(const at::Tensor& h) {
+  at::Tensor h_prev = empty_buffer(h.sizes(), h.options());
+  const int64_t N = h.size(0);
+  if (N > 0) {
+    h_prev[0].zero_();
+    h_prev.narrow(0, 1, N - 1).copy_(h.narrow(0, 0, N - 1));
+  }
+  return h_prev;
+}
+
 template <typename scalar_t>
 void forward_loop(const Sizes& n, const at::Tensor& pre, const at::Tensor& eps, const at::Tensor& w_state,
                   const at::Tensor& w_latent, const at::Tensor& w_out, const at::Tensor& b_out,
@@ -94,10 +154,10 @@ void forward_loop(const Sizes& n, const at::Tensor& pre, const at::Tensor& eps, 
   scalar_t* u_data = u.data_ptr<scalar_t>();
   scalar_t *c_data = c.data_ptr<scalar_t>(), *h_data = h.data_ptr<scalar_t>();
   scalar_t *z_data = z.data_ptr<scalar_t>(), *q_data = q.data_ptr<scalar_t>(), *p_data = p.data_ptr<scalar_t>();
-  const int64_t u_part = n.B * n.N * n.M, o_part = n.B * n.N * 2 * n.L;  // [j] offsets in u and o
+  const int64_t u_part = n.N * n.B * n.M, o_part = n.N * n.B * 2 * n.L;  // [j] offsets in u and o
   for (int64_t t = 0; t < n.N; ++t) {
-    at::Tensor s_t = s.select(1, t);
-    at::addmm_out(s_t, pre.select(1, t), t > 0 ? h.select(1, t - 1) : zeros, w_state);
+    at::Tensor s_t = s.select(0, t);
+    at::addmm_out(s_t, pre.select(0, t), t > 0 ? h.select(0, t - 1) : zeros, w_state);
     for (int64_t j = 0; j < 2; ++j) {
       for (int64_t b = 0; b < n.B; ++b) {
         const scalar_t* first = n.row(s_data, b, t, n.F) + j * n.M;
@@ -106,8 +166,8 @@ void forward_loop(const Sizes& n, const at::Tensor& pre, const at::Tensor& eps, 
           mlp_activation(V::loadu(first + m, count)).store(hidden + m, count);
         });
       }
-      at::Tensor o_t = o[j].select(1, t);
-      at::addmm_out(o_t, b_out[j], u[j].select(1, t), w_out[j]);
+      at::Tensor o_t = o[j].select(0, t);
+      at::addmm_out(o_t, b_out[j], u[j].select(0, t), w_out[j]);
     }
     for (int64_t b = 0; b < n.B; ++b) {
       const scalar_t *o_p = n.row(o_data, b, t, 2 * n.L), *o_q = n.row(o_data + o_part, b, t, 2 * n.L);
@@ -123,19 +183,8 @@ void forward_loop(const Sizes& n, const at::Tensor& pre, const at::Tensor& eps, 
         (mu + exp_of(V(0.5) * log_var) * V::loadu(eps_row + l, count)).store(z_row + l, count);
       });
     }
-    s_t.narrow(1, 2 * n.M, 4 * n.H).addmm_(z.select(1, t), w_latent);  // the gates get z_t W_latent
-    for (int64_t b = 0; b < n.B; ++b) {
-      const scalar_t* g = n.row(s_data, b, t, n.F) + 2 * n.M;
-      const scalar_t* c_before = t > 0 ? n.row(c_data, b, t - 1, n.H) : nullptr;  // c_{-1} = 0
-      scalar_t *c_row = n.row(c_data, b, t, n.H), *h_row = n.row(h_data, b, t, n.H);
-      for_vectors<scalar_t>(n.H, [&](int64_t k, int64_t count) {
-        V c_new, h_new;
-        lstm_cell(V::loadu(g + k, count), V::loadu(g + n.H + k, count), V::loadu(g + 2 * n.H + k, count),
-                  V::loadu(g + 3 * n.H + k, count), c_before ? V::loadu(c_before + k, count) : V(0), c_new, h_new);
-        c_new.store(c_row + k, count);
-        h_new.store(h_row + k, count);
-      });
-    }
+    s_t.narrow(1, 2 * n.M, 4 * n.H).addmm_(z.select(0, t), w_latent);  // the gates get z_t W_latent
+    cell_forward<scalar_t>(n, t, s_data, c_data, h_data);
   }
 }
 
@@ -146,19 +195,14 @@ std::vector<at::Tensor> stochastic_lstm_cpu(const at::Tensor& pre, const at::Ten
   const Sizes n = check_args(pre, eps_in, w_state, w_latent, w_out, b_out);
   const at::Tensor eps = eps_in.contiguous();
   const auto options = pre.options();
-  at::Tensor h = empty_buffer({n.B, n.N, n.H}, options), c = empty_buffer({n.B, n.N, n.H}, options);
-  at::Tensor z = empty_buffer({n.B, n.N, n.L}, options), s = empty_buffer({n.B, n.N, n.F}, options);
-  at::Tensor q = empty_buffer({n.B, n.N, 2 * n.L}, options), p = empty_buffer({n.B, n.N, 2 * n.L}, options);
-  at::Tensor u = empty_buffer({2, n.B, n.N, n.M}, options), o = empty_buffer({2, n.B, n.N, 2 * n.L}, options);
+  at::Tensor h = empty_buffer({n.N, n.B, n.H}, options), c = empty_buffer({n.N, n.B, n.H}, options);
+  at::Tensor z = empty_buffer({n.N, n.B, n.L}, options), s = empty_buffer({n.N, n.B, n.F}, options);
+  at::Tensor q = empty_buffer({n.N, n.B, 2 * n.L}, options), p = empty_buffer({n.N, n.B, 2 * n.L}, options);
+  at::Tensor u = empty_buffer({2, n.N, n.B, n.M}, options), o = empty_buffer({2, n.N, n.B, 2 * n.L}, options);
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "stochastic_lstm_cpu", [&] {
     forward_loop<scalar_t>(n, pre, eps, w_state, w_latent, w_out, b_out, param_clamp, h, z, q, p, s, c, u, o);
   });
-  at::Tensor h_prev = empty_buffer({n.B, n.N, n.H}, options);  // h shifted one step later, h_{-1} = 0
-  if (n.N > 0) {
-    h_prev.select(1, 0).zero_();
-    h_prev.narrow(1, 1, n.N - 1).copy_(h.narrow(1, 0, n.N - 1));
-  }
-  return {h_prev, h, z, q, p, s, c, u, o};
+  return {previous_states(h), h, z, q, p, s, c, u, o};
 }
 
 template <typename scalar_t>
@@ -180,31 +224,12 @@ void backward_loop(const Sizes& n, const at::Tensor& grad_h_prev, const at::Tens
   const scalar_t *g_q = grad_q.data_ptr<scalar_t>(), *eps_data = eps.data_ptr<scalar_t>();
   scalar_t *d_s_data = d_s.data_ptr<scalar_t>(), *d_o_data = d_o.data_ptr<scalar_t>();
   scalar_t* d_eps_data = d_eps.data_ptr<scalar_t>();
-  const int64_t o_part = n.B * n.N * 2 * n.L;  // [1] offset in o and d_o
+  const int64_t o_part = n.N * n.B * 2 * n.L;  // [1] offset in o and d_o
   for (int64_t t = n.N - 1; t >= 0; --t) {
-    // LSTM cell: gradients of the gate pre-activations and of c_{t-1}.
-    for (int64_t b = 0; b < n.B; ++b) {
-      const scalar_t* g = n.row(s_data, b, t, n.F) + 2 * n.M;
-      scalar_t* d_g = n.row(d_s_data, b, t, n.F) + 2 * n.M;
-      const scalar_t *c_before = t > 0 ? n.row(c_data, b, t - 1, n.H) : nullptr, *c_row = n.row(c_data, b, t, n.H);
-      const scalar_t* g_h_row = n.row(g_h, b, t, n.H);
-      scalar_t *d_h_row = d_h_data + b * n.H, *d_c_row = d_c_data + b * n.H;
-      for_vectors<scalar_t>(n.H, [&](int64_t k, int64_t count) {
-        V dgi, dgf, dgg, dgo, dc_before;
-        lstm_cell_grads(V::loadu(g + k, count), V::loadu(g + n.H + k, count), V::loadu(g + 2 * n.H + k, count),
-                        V::loadu(g + 3 * n.H + k, count), c_before ? V::loadu(c_before + k, count) : V(0),
-                        V::loadu(c_row + k, count), V::loadu(d_h_row + k, count) + V::loadu(g_h_row + k, count),
-                        V::loadu(d_c_row + k, count), dgi, dgf, dgg, dgo, dc_before);
-        dgi.store(d_g + k, count);
-        dgf.store(d_g + n.H + k, count);
-        dgg.store(d_g + 2 * n.H + k, count);
-        dgo.store(d_g + 3 * n.H + k, count);
-        dc_before.store(d_c_row + k, count);
-      });
-    }
+    cell_backward<scalar_t>(n, t, s_data, c_data, g_h, d_h_data, d_c_data, d_s_data);
     // z_t = mu + exp(log_var / 2) eps: gradients of the raw (unclamped) o_t of both MLPs.
-    at::Tensor d_s_t = d_s.select(1, t);
-    at::addmm_out(d_z, grad_z.select(1, t), d_s_t.narrow(1, 2 * n.M, 4 * n.H), w_latent.t());
+    at::Tensor d_s_t = d_s.select(0, t);
+    at::addmm_out(d_z, grad_z.select(0, t), d_s_t.narrow(1, 2 * n.M, 4 * n.H), w_latent.t());
     for (int64_t b = 0; b < n.B; ++b) {
       const scalar_t *o_p = n.row(o_data, b, t, 2 * n.L), *o_q = n.row(o_data + o_part, b, t, 2 * n.L);
       const scalar_t *g_p_row = n.row(g_p, b, t, 2 * n.L), *g_q_row = n.row(g_q, b, t, 2 * n.L);
@@ -227,7 +252,7 @@ void backward_loop(const Sizes& n, const at::Tensor& grad_h_prev, const at::Tens
     // Both MLPs' second layers, then their hidden activations: the first 2M columns of d s_t.
     for (int64_t j = 0; j < 2; ++j) {
       at::Tensor d_u_j = d_u[j];
-      at::mm_out(d_u_j, d_o[j].select(1, t), w_out[j].t());
+      at::mm_out(d_u_j, d_o[j].select(0, t), w_out[j].t());
       for (int64_t b = 0; b < n.B; ++b) {
         const scalar_t* first = n.row(s_data, b, t, n.F) + j * n.M;
         scalar_t* d_first = n.row(d_s_data, b, t, n.F) + j * n.M;
@@ -238,7 +263,7 @@ void backward_loop(const Sizes& n, const at::Tensor& grad_h_prev, const at::Tens
       }
     }
     // h_{t-1} feeds s_t and is output t's h_prev.
-    at::addmm_out(d_h, grad_h_prev.select(1, t), d_s_t, w_state.t());
+    at::addmm_out(d_h, grad_h_prev.select(0, t), d_s_t, w_state.t());
   }
 }
 
@@ -248,8 +273,8 @@ std::vector<at::Tensor> stochastic_lstm_backward_cpu(
     const at::Tensor& grad_p, const at::Tensor& eps, const at::Tensor& w_state, const at::Tensor& w_latent,
     const at::Tensor& w_out, const at::Tensor& h_prev, const at::Tensor& z, const at::Tensor& s, const at::Tensor& c,
     const at::Tensor& u, const at::Tensor& o, std::optional<double> param_clamp) {
-  const Sizes n{s.size(0), s.size(1), w_state.size(0), w_out.size(1), eps.size(2), s.size(2)};
-  const std::vector<int64_t> state{n.B, n.N, n.H}, latent{n.B, n.N, n.L}, params{n.B, n.N, 2 * n.L};
+  const Sizes n{s.size(1), s.size(0), w_state.size(0), w_out.size(1), eps.size(2), s.size(2)};
+  const std::vector<int64_t> state{n.N, n.B, n.H}, latent{n.N, n.B, n.L}, params{n.N, n.B, 2 * n.L};
   const std::pair<const at::Tensor*, const std::vector<int64_t>*> grads[] = {
       {&grad_h_prev, &state}, {&grad_h, &state}, {&grad_z, &latent}, {&grad_q, &params}, {&grad_p, &params}};
   for (const auto& [grad, shape] : grads)
@@ -257,14 +282,14 @@ std::vector<at::Tensor> stochastic_lstm_backward_cpu(
                 "fastlv: stochastic_lstm_backward: a gradient has shape ", grad->sizes(), ", expected ",
                 at::IntArrayRef(*shape));
   const auto options = s.options();
-  at::Tensor d_s = empty_buffer({n.B, n.N, n.F}, options), d_o = empty_buffer({2, n.B, n.N, 2 * n.L}, options);
-  at::Tensor d_eps = empty_buffer({n.B, n.N, n.L}, options);
+  at::Tensor d_s = empty_buffer({n.N, n.B, n.F}, options), d_o = empty_buffer({2, n.N, n.B, 2 * n.L}, options);
+  at::Tensor d_eps = empty_buffer({n.N, n.B, n.L}, options);
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "stochastic_lstm_backward_cpu", [&] {
     backward_loop<scalar_t>(n, grad_h_prev, grad_h.contiguous(), grad_z, grad_q.contiguous(), grad_p.contiguous(),
                             eps.contiguous(), w_state, w_latent, w_out, s, c, o, param_clamp, d_s, d_o, d_eps);
   });
   // Weight gradients: one GEMM each over all B * N rows (s_t is linear in pre_t, h_{t-1} and z_t).
-  const int64_t rows = n.B * n.N;
+  const int64_t rows = n.N * n.B;
   const at::Tensor d_s_rows = d_s.view({rows, n.F});
   const at::Tensor d_w_state = at::mm(h_prev.reshape({rows, n.H}).t(), d_s_rows);
   const at::Tensor d_w_latent = at::mm(z.reshape({rows, n.L}).t(), d_s_rows.narrow(1, 2 * n.M, 4 * n.H));

@@ -135,16 +135,16 @@ class LatentModel(RecurrentModel):
         return torch.logsumexp(log_w, 0) - math.log(k)
 
 
-def _fused_loop(pre: Tensor) -> bool:
+def _fused_loop(u: Tensor) -> bool:
     """Whether StochasticLSTM runs its loop as fastlv_C::stochastic_lstm: eager mode on the cpp backend
     (torch.compile and the other backends trace or run the PyTorch loop)."""
-    return (pre.device.type == "cpu" and pre.dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling() and select(pre.device) == "cpp")
+    return (u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling() and select(u.device) == "cpp")
 
 
 class _FusedLoop(torch.autograd.Function):
-    """The stochastic LSTM loop as one C++ call forward and one backward (csrc/cpu/stochastic_lstm.cpp):
-    ``pre [B, N, 2M + 4H]``, ``eps [B, N, L]`` -> ``(h_prev, h, z, q, p)`` ``[B, N, ...]``.
+    """The stochastic LSTM loop as one C++ call forward and one backward (csrc/cpu/stochastic_lstm.cpp),
+    time-major: ``pre [N, B, 2M + 4H]``, ``eps [N, B, L]`` -> ``(h_prev, h, z, q, p)`` ``[N, B, ...]``.
     It keeps the gate pre-activations, cell states, MLP hidden units and unclamped outputs of every step
     for the backward, as PyTorch's autograd of the loop does."""
 
@@ -205,21 +205,24 @@ class StochasticLSTM(nn.Module):
         ``eps [B, N, d_latent]`` -> ``(h_prev, h, z, q, p)``: the states before and after each step
         ``[B, N, d_rnn]``, the samples ``[B, N, d_latent]`` and the clamped (mean, log-variance) of the
         posterior and prior ``[B, N, 2 * d_latent]``."""
-        B, N, _ = u.shape
         H, M = self.d_rnn, self.d_mlp
         w_ih, cell = self.cell.weight_ih, self.cell
         prior_in, prior_out = self.prior[0], self.prior[2]
         post_in, post_out = self.posterior[0], self.posterior[2]
         # z-independent parts for all steps at once: [prior layer-1 bias | posterior layer 1 on a_t | gates on u_t]
         gate_bias = cell.bias_ih + cell.bias_hh + w_ih[:, :M] @ self.latent_proj.bias
-        pre = torch.cat([prior_in.bias.expand(B, N, M), F.linear(a, post_in.weight[:, H:], post_in.bias),
+        fused = _fused_loop(u)
+        if fused:  # time-major [N, B, ...]: the rows of one step are contiguous
+            u, a, eps = u.transpose(0, 1), a.transpose(0, 1), eps.transpose(0, 1).contiguous()
+        pre = torch.cat([prior_in.bias.expand(*u.shape[:2], M), F.linear(a, post_in.weight[:, H:], post_in.bias),
                          F.linear(u, w_ih[:, M:], gate_bias)], -1)
         w_state = torch.cat([prior_in.weight, post_in.weight[:, :H], cell.weight_hh]).t()  # h_{t-1} -> all three
         w_latent = (w_ih[:, :M] @ self.latent_proj.weight).t()  # z_t -> gates, W_z folded in
         w_out = torch.stack([prior_out.weight.t(), post_out.weight.t()])  # both second layers as one bmm
         b_out = torch.stack([prior_out.bias, post_out.bias]).unsqueeze(1)
-        if _fused_loop(pre):
-            return _FusedLoop.apply(pre, eps, w_state, w_latent, w_out, b_out.squeeze(1), self.param_clamp)
+        if fused:
+            outputs = _FusedLoop.apply(pre, eps, w_state, w_latent, w_out, b_out.squeeze(1), self.param_clamp)
+            return tuple(out.transpose(0, 1) for out in outputs)
         return self._loop(pre, eps, w_state, w_latent, w_out, b_out)
 
     def _loop(self, pre: Tensor, eps: Tensor, w_state: Tensor, w_latent: Tensor, w_out: Tensor,
