@@ -8,13 +8,13 @@
 //   p_t, q_t = clamp(o_t[0], -c, c), clamp(o_t[1], -c, c)
 //   z_t      = mu_q + exp(logvar_q / 2) eps_t
 //   gates_t  = s_t[:, 2M:] + z_t W_latent (kept in s_t);  c_t, h_t = LSTM cell(gates_t, c_{t-1})
-// Here each step is a few ATen GEMMs plus fused vector loops, in one C++ loop: in Python the ~15 ops of a
-// step cost more in dispatch and autograd than in arithmetic at these sizes (B = 32, H = 128..1024).
+// Here each step is a few ATen GEMMs plus fused vector loops, in one C++ loop: as PyTorch ops, the ~15
+// small ops of a step cost more in dispatch and autograd than in arithmetic at the papers' batch of 32.
 // The backward runs the loop in reverse with only the products that carry gradients between steps
 // (to z_t, u_t and h_{t-1}); each weight gradient is then one GEMM over all steps.
 // Layout: time-major [N, B, ...] (N steps), u and o as [2, N, B, ...], so that the rows of one step are
-// one contiguous matrix. (Batch-major step matrices have a row stride of N times the width, a multiple
-// of 4 KB at the papers' sizes: every row of a step then maps to the same cache sets.)
+// one contiguous matrix. (In a batch-major layout, a step's rows are N times the width apart, often a
+// multiple of 4 KB - 1000 steps of 640 floats are - so that all of them map to the same cache sets.)
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
@@ -28,7 +28,8 @@
 #include <algorithm>
 #include <limits>
 #include <optional>
-#include <tuple>
+#include <utility>
+#include <vector>
 
 #include "common/stochastic_lstm_math.h"
 #include "cpu/buffers.h"
