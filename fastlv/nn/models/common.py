@@ -219,9 +219,9 @@ class StochasticLSTM(nn.Module):
         w_state = torch.cat([prior_in.weight, post_in.weight[:, :H], cell.weight_hh]).t()  # h_{t-1} -> all three
         w_latent = (w_ih[:, :M] @ self.latent_proj.weight).t()  # z_t -> gates, W_z folded in
         w_out = torch.stack([prior_out.weight.t(), post_out.weight.t()])  # both second layers as one bmm
-        b_out = torch.stack([prior_out.bias, post_out.bias]).unsqueeze(1)
+        b_out = torch.stack([prior_out.bias, post_out.bias])  # [2, 2 * d_latent]
         if fused:
-            outputs = _FusedLoop.apply(pre, eps, w_state, w_latent, w_out, b_out.squeeze(1), self.param_clamp)
+            outputs = _FusedLoop.apply(pre, eps, w_state, w_latent, w_out, b_out, self.param_clamp)
             return tuple(out.transpose(0, 1) for out in outputs)
         return self._loop(pre, eps, w_state, w_latent, w_out, b_out)
 
@@ -229,6 +229,7 @@ class StochasticLSTM(nn.Module):
               b_out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The loop as PyTorch ops (the reference of fastlv_C::stochastic_lstm)."""
         B, H, M = pre.shape[0], self.d_rnn, self.d_mlp
+        b_out = b_out.unsqueeze(1)  # [2, 1, 2L]: broadcast over the batch by baddbmm
         h = c = pre.new_zeros(B, H)
         h_prev, hs, zs, qs, ps = [], [], [], [], []
         # unbind, not pre[:, t]: the backward of N slices would write N full-size zero tensors (O(N^2))
