@@ -31,4 +31,23 @@ inline at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& o
 // A contiguous buffer of t's sizes and options.
 inline at::Tensor empty_buffer_like(const at::Tensor& t) { return empty_buffer(t.sizes(), t.options()); }
 
+// A kernel's temporary buffer number `slot` (uninitialized), kept by the calling thread for its next call.
+// Temporaries of a few MB freed at the end of every call are returned to the OS by the allocator and
+// faulted in again at the next (the masked linear backward took ~400 faults, ~1 ms, a call at the MADE
+// shape). Buffers over kMaxKept bytes are not kept: they come from empty_buffer. A thread keeps at most
+// kSlots * kMaxKept bytes; the returned tensor must not outlive the call.
+inline at::Tensor scratch_buffer(int slot, at::IntArrayRef sizes, const at::TensorOptions& options) {
+  constexpr int kSlots = 4;
+  constexpr int64_t kMaxKept = int64_t(8) << 20;
+  const int64_t numel = c10::multiply_integers(sizes), nbytes = numel * options.dtype().itemsize();
+  TORCH_CHECK(slot >= 0 && slot < kSlots, "fastlv: scratch slot ", slot, " out of range");
+  if (nbytes > kMaxKept) return empty_buffer(sizes, options);
+  thread_local at::Tensor kept[kSlots];
+  at::Tensor& buffer = kept[slot];
+  if (!buffer.defined() || buffer.nbytes() < size_t(nbytes) || buffer.dtype() != options.dtype()) {
+    buffer = at::empty({numel}, options);
+  }
+  return buffer.narrow(0, 0, numel).view(sizes);
+}
+
 }  // namespace fastlv

@@ -5,31 +5,28 @@
 // A MADE mask keeps W[o, i] iff degree_out[o] >= degree_in[i] (> for the output layer): once the rows
 // are sorted by how many inputs they see and the columns by how many outputs see them, every row sees
 // a prefix of the columns, so the mask is a staircase and about half of it is zero. The kernels find
-// that order from the mask itself (MaskPlan, cached per mask), cut the rows into a few panels
-// (kPanelRows) and call ATen GEMMs on each panel's columns only, the hull of what its rows keep:
-//   forward   y[:, rows_p] = x[:, cols_p] @ Wm[rows_p, cols_p]^T;
-//   grad_x    gx[:, cols_p] += gz[:, rows_p] @ Wm[rows_p, cols_p];
-//   grad_W    gW[rows_p, cols_p] = gz[:, rows_p]^T @ x[:, cols_p].
-// With P panels a staircase costs 1/2 + 1/(2P) of the dense FLOPs. Wm = W where the mask keeps, exactly
-// 0 elsewhere, so masked entries inside a panel's columns contribute nothing; gW is set to exactly 0
-// outside the mask. Any 0/1 pattern is handled correctly; only the speed depends on the pattern being
-// (close to) a staircase.
-// Forward and grad_x run over chunks of x's rows in parallel, each thread calling single-threaded
-// GEMMs, with bias + activation (forward) and the activation gradient + bias gradient (backward)
-// fused into a pass over the chunk while it is in cache.
+// that order from the mask itself (MaskPlan, cached per mask) and run their own register-tiled GEMMs
+// (gemm_tile: 6 rows x 2 vectors of C per tile) that skip what the staircase masks:
+//   forward   y = x @ Wm^T:  a tile of 16 outputs sums over the inputs its rows keep (their hull);
+//   grad_x    gx = gz @ Wm:  a tile of 16 inputs sums over the outputs that keep them;
+//   grad_W    gW = gz^T @ x: only tiles holding kept entries are computed (K = the rows of x).
+// With 16-wide tiles a staircase costs about 1/2 + 16/(2 * width) of the dense FLOPs (0.52 at 512).
+// Wm = W where the mask keeps, exactly 0 elsewhere (packed per tile), so masked entries inside a tile
+// contribute nothing; gW is set to exactly 0 outside the mask. Any 0/1 pattern is handled correctly;
+// only the speed depends on the pattern being (close to) a staircase.
+// MKL's GEMMs on row panels of the staircase (the previous kernels) reached 1.1-1.3x the dense masked
+// GEMM: a panel GEMM is slower per FLOP than one dense GEMM, and 4 panels still compute 5/8 of it.
+// Forward and grad_x run over blocks of x's rows in parallel, with bias + activation (forward) and the
+// activation gradient + bias gradient (backward) fused into a pass over the block while it is in cache.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/argsort.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/ne.h>
 #include <ATen/ops/sum.h>
-#include <ATen/ops/zeros.h>
 #include <c10/core/StorageImpl.h>
 #include <torch/library.h>
 
@@ -43,6 +40,7 @@
 
 #include "common/masked_linear_checks.h"
 #include "common/masked_linear_math.h"
+#include "cpu/buffers.h"
 #include "cpu/vec_math.h"
 
 namespace fastlv {
@@ -64,62 +62,47 @@ inline Vec<double> where_positive(Vec<double> x, Vec<double> v) {
 
 namespace {
 
-// Output rows per panel, about: a panel's GEMMs skip the columns none of its rows keep, so more panels
-// skip more of a staircase (a fraction 1/(2P) of the dense FLOPs is left) but each GEMM gets smaller and
-// packs its input again. In MKL timings of the panel GEMMs alone, ~128 rows (4 panels of a 512 layer,
-// 16 of the 3000-row MADE output layer) was as fast as or faster than 64 or 256.
-constexpr int64_t kPanelRows = 128;
-constexpr int64_t kMaxPanels = 16;
-// Rows of x per parallel chunk, at most: MKL's GEMMs lose efficiency below a few hundred rows, so a
-// chunk is as large as possible while every thread gets one.
-constexpr int64_t kChunkRows = 1024;
+// The GEMMs run on tiles of kTileRows rows x kTileCols<scalar_t> columns (two vectors): 6 x 2 accumulator
+// vectors, the two vectors of B and a broadcast of A fit AVX2's 16 registers.
+constexpr int kTileRows = 6;
+template <typename scalar_t>
+constexpr int64_t kTileCols = 2 * Vec<scalar_t>::size();
+// Rows of A per cache block of the forward and grad_x GEMMs (a block of x or gz stays in L2 while every
+// column tile of the weight runs over it); a multiple of kTileRows.
+constexpr int64_t kRowBlock = 96;
+// K per block of grad_W's GEMM (K = the rows of x): a tile's operand strips, kDepthBlock x (6 + 16) floats,
+// stay in L1.
+constexpr int64_t kDepthBlock = 128;
+// scratch_buffer slots of the temporaries.
+constexpr int kWeightSlot = 0, kInputSlot = 1, kGradSlot = 2, kBiasSlot = 3;
 
 struct Range {
   int64_t begin, end;
   int64_t size() const { return end - begin; }
-  bool operator==(const Range& o) const { return begin == o.begin && end == o.end; }
 };
 
-// Consecutive output rows and the hull of the input columns they keep (both in permuted order); cols is
-// empty when the rows keep nothing.
-struct Panel {
-  Range rows, cols;
-};
+// Smallest range holding the ranges items[first, last) (ends clipped to items.size()); {0, 0} when all
+// are empty.
+Range hull(const std::vector<Range>& items, int64_t first, int64_t last) {
+  Range h{INT64_MAX, 0};
+  for (int64_t i = first; i < std::min<int64_t>(last, items.size()); ++i) {
+    if (items[i].size() <= 0) continue;
+    h = {std::min(h.begin, items[i].begin), std::max(h.end, items[i].end)};
+  }
+  return h.size() > 0 ? h : Range{0, 0};
+}
 
-// The mask in a permuted order where it is (for MADE masks) a staircase, and its row panels.
+// The mask in a permuted order where it is (for MADE masks) a staircase.
 struct MaskPlan {
   int64_t out_features = 0, in_features = 0;
   std::vector<int64_t> row_perm, col_perm;  // permuted position -> original index; empty: identity
   std::vector<std::vector<Range>> runs;     // per row: the kept columns as maximal runs (permuted order)
-  std::vector<Panel> panels;                // cover the rows 0..out in order
-  size_t widest = 0;                        // the panel with the most columns
+  std::vector<Range> row_cols;              // per row: the hull of its kept columns
+  std::vector<Range> col_rows;              // per column: the hull of the rows that keep it
 
   int64_t row(int64_t r) const { return row_perm.empty() ? r : row_perm[r]; }
   int64_t col(int64_t c) const { return col_perm.empty() ? c : col_perm[c]; }
 };
-
-// About equal panels of kPanelRows rows; neighbours with the same column hull are merged (a dense mask
-// gives one panel: one GEMM per product).
-std::vector<Panel> row_panels(const std::vector<std::vector<Range>>& runs, int64_t in) {
-  const int64_t out = runs.size();
-  const int64_t count = std::clamp<int64_t>((out + kPanelRows / 2) / kPanelRows, 1, kMaxPanels);
-  std::vector<Panel> panels;
-  for (int64_t p = 0; p < count; ++p) {
-    const Range rows{out * p / count, out * (p + 1) / count};
-    Range cols{in, 0};  // first kept column, last + 1
-    for (int64_t r = rows.begin; r < rows.end; ++r) {
-      if (runs[r].empty()) continue;
-      cols = {std::min(cols.begin, runs[r].front().begin), std::max(cols.end, runs[r].back().end)};
-    }
-    if (cols.size() <= 0) cols = {0, 0};
-    if (!panels.empty() && panels.back().cols == cols) {
-      panels.back().rows.end = rows.end;
-    } else {
-      panels.push_back({rows, cols});
-    }
-  }
-  return panels;
-}
 
 // Stable order of the lines by their count of kept entries; empty when that order is the identity.
 std::vector<int64_t> sorted_order(const at::Tensor& counts, bool descending) {
@@ -142,6 +125,8 @@ std::shared_ptr<const MaskPlan> build_plan(const at::Tensor& mask) {
   const at::Tensor keep_cpu = keep.to(at::kByte).contiguous();
   const uint8_t* k = keep_cpu.data_ptr<uint8_t>();
   plan->runs.resize(out);
+  plan->row_cols.assign(out, Range{0, 0});
+  plan->col_rows.assign(in, Range{0, 0});
   for (int64_t r = 0; r < out; ++r) {
     std::vector<Range>& runs = plan->runs[r];
     const uint8_t* keep_row = k + plan->row(r) * in;
@@ -152,11 +137,11 @@ std::shared_ptr<const MaskPlan> build_plan(const at::Tensor& mask) {
       } else {
         runs.push_back({c, c + 1});
       }
+      Range& rows = plan->col_rows[c];
+      rows = rows.size() > 0 ? Range{rows.begin, r + 1} : Range{r, r + 1};
     }
+    if (!runs.empty()) plan->row_cols[r] = {runs.front().begin, runs.back().end};
   }
-  plan->panels = row_panels(plan->runs, in);
-  for (size_t p = 0; p < plan->panels.size(); ++p)
-    if (plan->panels[p].cols.size() > plan->panels[plan->widest].cols.size()) plan->widest = p;
   return plan;
 }
 
@@ -211,35 +196,52 @@ std::shared_ptr<const MaskPlan> cached_plan(const at::Tensor& mask) {
   return plan;
 }
 
-// Wm in permuted order, within each panel's columns (the GEMMs read nothing else): W[row(r), col(c)]
-// where kept, exactly 0 elsewhere.
+// The masked weight Wm (W where the mask keeps, exactly 0 elsewhere; permuted order) as the B operand of
+// a tile GEMM: tiles of kTileCols columns of B, each [K][kTileCols] contiguous, zero past B's last column.
+//   transpose (forward): B = Wm^T [in, out], packed[j][c][t] = Wm[j * kTileCols + t, c];
+//   else (grad_x):       B = Wm [out, in],   packed[j][r][t] = Wm[r, j * kTileCols + t].
 template <typename scalar_t>
-at::Tensor masked_weight(const at::Tensor& weight, const MaskPlan& plan) {
-  const int64_t in = plan.in_features;
-  at::Tensor wm = at::empty({plan.out_features, in}, weight.options());
+at::Tensor packed_weight(const at::Tensor& weight, const MaskPlan& plan, bool transpose) {
+  constexpr int64_t TC = kTileCols<scalar_t>;
+  const int64_t out = plan.out_features, in = plan.in_features;
+  const int64_t cols = transpose ? out : in, depth = transpose ? in : out;  // B is [depth, cols]
+  at::Tensor packed = scratch_buffer(kWeightSlot, {(cols + TC - 1) / TC, depth, TC}, weight.options()).zero_();
   const scalar_t* w = weight.data_ptr<scalar_t>();
-  scalar_t* dst = wm.data_ptr<scalar_t>();
-  at::parallel_for(0, int64_t(plan.panels.size()), 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const Range cols = plan.panels[p].cols;
-      for (int64_t r = plan.panels[p].rows.begin; r < plan.panels[p].rows.end; ++r) {
-        const scalar_t* src = w + plan.row(r) * in;
-        scalar_t* row = dst + r * in;
-        int64_t c = cols.begin;  // written up to here
-        for (const Range& run : plan.runs[r]) {
-          std::fill(row + c, row + run.begin, scalar_t(0));
-          if (plan.col_perm.empty()) {
-            std::copy(src + run.begin, src + run.end, row + run.begin);
-          } else {
-            for (int64_t j = run.begin; j < run.end; ++j) row[j] = src[plan.col_perm[j]];
-          }
-          c = run.end;
+  scalar_t* dst = packed.data_ptr<scalar_t>();
+  at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const scalar_t* src = w + plan.row(r) * in;
+      for (const Range& run : plan.runs[r]) {
+        for (int64_t c = run.begin; c < run.end; ++c) {
+          const int64_t col = transpose ? r : c, k = transpose ? c : r;
+          dst[((col / TC) * depth + k) * TC + col % TC] = src[plan.col(c)];
         }
-        std::fill(row + c, row + cols.end, scalar_t(0));
       }
     }
   });
-  return wm;
+  return packed;
+}
+
+// x with its columns in permuted order, as the B operand of grad_W's tile GEMM: rows ld apart, an odd
+// number of cache lines (see gz in backward_kernel) holding whole tiles, zero past the last column.
+template <typename scalar_t>
+at::Tensor padded_columns(const at::Tensor& x, const MaskPlan& plan, int64_t ld) {
+  const int64_t N = x.size(0), in = plan.in_features;
+  at::Tensor xp = scratch_buffer(kInputSlot, {N, ld}, x.options());
+  const scalar_t* src = x.data_ptr<scalar_t>();
+  scalar_t* dst = xp.data_ptr<scalar_t>();
+  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      scalar_t* row = dst + n * ld;
+      if (plan.col_perm.empty()) {
+        std::copy(src + n * in, src + (n + 1) * in, row);
+      } else {
+        for (int64_t c = 0; c < in; ++c) row[c] = src[n * in + plan.col_perm[c]];
+      }
+      std::fill(row + in, row + ld, scalar_t(0));
+    }
+  });
+  return xp;
 }
 
 // x with its columns in permuted order (x itself when the column order is the identity).
@@ -252,77 +254,105 @@ at::Tensor permuted_columns(const at::Tensor& x, const MaskPlan& plan) {
   scalar_t* dst = xp.data_ptr<scalar_t>();
   at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
-      for (int64_t c = 0; c < in; ++c) dst[n * in + c] = src[n * in + plan.col_perm[c]];
+      for (int64_t c = 0; c < in; ++c) dst[n * in + c] = src[n * in + plan.col(c)];
   });
   return xp;
 }
 
-// Rows of x per parallel chunk: at most kChunkRows, and a multiple of the thread count of chunks.
-int64_t chunk_rows(int64_t N) {
-  const int64_t threads = at::get_num_threads();
-  const int64_t chunks = threads * std::max<int64_t>(1, (N + threads * kChunkRows - 1) / (threads * kChunkRows));
-  return std::max<int64_t>(1, (N + chunks - 1) / chunks);
-}
-
-// A block of the permuted masked weight: rows x cols.
-at::Tensor block_of(const at::Tensor& wm, Range rows, Range cols) {
-  return wm.narrow(0, rows.begin, rows.size()).narrow(1, cols.begin, cols.size());
-}
-
-// Forward GEMMs of some rows of x: y[:, rows_p] = x[:, cols_p] @ Wm[rows_p, cols_p]^T per panel p (the
-// columns outside cols_p are masked for all of rows_p), 0 for a panel that keeps nothing.
-void forward_gemms(at::Tensor y_rows, const at::Tensor& x_rows, const at::Tensor& wm, const MaskPlan& plan) {
-  for (const Panel& panel : plan.panels) {
-    at::Tensor y_block = y_rows.narrow(1, panel.rows.begin, panel.rows.size());
-    if (panel.cols.size() == 0) {
-      y_block.zero_();
-    } else {
-      at::mm_out(y_block, x_rows.narrow(1, panel.cols.begin, panel.cols.size()),
-                 block_of(wm, panel.rows, panel.cols).t());
-    }
+// One tile of C = A B: c[i, 0:width] = sum over k < depth of A(i, k) B[k, 0:width] for the rows
+// i < rows <= kTileRows, where A(i, k) = a[i * a_row + k * a_k] and B is one packed tile ([depth][kTileCols],
+// from its first k used); depth 0 writes zeros. With accumulate, c += instead. The 12 accumulators are named variables: GCC 12 keeps an
+// array of them in registers but also stores it to the stack at every k. Missing rows repeat the last
+// row's A (computed, not stored).
+template <typename scalar_t>
+void gemm_tile(const scalar_t* a, int64_t a_row, int64_t a_k, int64_t rows, const scalar_t* b, int64_t b_k,
+               int64_t depth, scalar_t* c, int64_t ldc, int64_t width, bool accumulate = false) {
+  static_assert(kTileRows == 6, "the accumulators below are 6 rows x 2 vectors");
+  using V = Vec<scalar_t>;
+  constexpr int64_t W = V::size();
+  const scalar_t* a_rows[kTileRows];
+  for (int64_t i = 0; i < kTileRows; ++i) a_rows[i] = a + std::min(i, rows - 1) * a_row;
+  const scalar_t *a0 = a_rows[0], *a1 = a_rows[1], *a2 = a_rows[2], *a3 = a_rows[3], *a4 = a_rows[4],
+                 *a5 = a_rows[5];
+  V c00(0), c01(0), c10(0), c11(0), c20(0), c21(0), c30(0), c31(0), c40(0), c41(0), c50(0), c51(0);
+  for (int64_t k = 0; k < depth; ++k, b += b_k) {
+    const int64_t at = k * a_k;
+    const V b0 = V::loadu(b), b1 = V::loadu(b + W);
+    V a_ik(a0[at]);
+    c00 = at::vec::fmadd(a_ik, b0, c00);
+    c01 = at::vec::fmadd(a_ik, b1, c01);
+    a_ik = V(a1[at]);
+    c10 = at::vec::fmadd(a_ik, b0, c10);
+    c11 = at::vec::fmadd(a_ik, b1, c11);
+    a_ik = V(a2[at]);
+    c20 = at::vec::fmadd(a_ik, b0, c20);
+    c21 = at::vec::fmadd(a_ik, b1, c21);
+    a_ik = V(a3[at]);
+    c30 = at::vec::fmadd(a_ik, b0, c30);
+    c31 = at::vec::fmadd(a_ik, b1, c31);
+    a_ik = V(a4[at]);
+    c40 = at::vec::fmadd(a_ik, b0, c40);
+    c41 = at::vec::fmadd(a_ik, b1, c41);
+    a_ik = V(a5[at]);
+    c50 = at::vec::fmadd(a_ik, b0, c50);
+    c51 = at::vec::fmadd(a_ik, b1, c51);
+  }
+  const V tile[kTileRows][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  for (int64_t i = 0; i < rows; ++i) {
+    scalar_t* row = c + i * ldc;
+    const int64_t lo = std::min(width, W), hi = width - lo;
+    (accumulate ? tile[i][0] + V::loadu(row, lo) : tile[i][0]).store(row, lo);
+    if (hi > 0) (accumulate ? tile[i][1] + V::loadu(row + W, hi) : tile[i][1]).store(row + W, hi);
   }
 }
 
-// grad_x GEMMs of some rows: gx[:, cols_p] += gz[:, rows_p] @ Wm[rows_p, cols_p] over the panels p (one
-// GEMM as wide as the panel's columns, K = its rows). The widest panel writes (=) first and the columns
-// outside it are zeroed; the others add.
-void grad_x_gemms(at::Tensor gx_rows, const at::Tensor& gz_rows, const at::Tensor& wm, const MaskPlan& plan) {
-  const Panel& widest = plan.panels[plan.widest];
-  gx_rows.narrow(1, 0, widest.cols.begin).zero_();
-  gx_rows.narrow(1, widest.cols.end, plan.in_features - widest.cols.end).zero_();
-  if (widest.cols.size() == 0) return;  // no panel keeps anything
-  at::Tensor gx_block = gx_rows.narrow(1, widest.cols.begin, widest.cols.size());
-  at::mm_out(gx_block, gz_rows.narrow(1, widest.rows.begin, widest.rows.size()), block_of(wm, widest.rows, widest.cols));
-  for (const Panel& panel : plan.panels) {
-    if (&panel == &widest || panel.cols.size() == 0) continue;
-    gx_rows.narrow(1, panel.cols.begin, panel.cols.size())
-        .addmm_(gz_rows.narrow(1, panel.rows.begin, panel.rows.size()), block_of(wm, panel.rows, panel.cols));
+// The K range each column tile of B needs: the hull of what its columns keep (lines[c] = the kept K of
+// B's column c), so the masked rest of the staircase is skipped.
+template <typename scalar_t>
+std::vector<Range> tile_depths(const std::vector<Range>& lines) {
+  constexpr int64_t TC = kTileCols<scalar_t>;
+  std::vector<Range> depths;
+  for (int64_t j = 0; j * TC < int64_t(lines.size()); ++j) depths.push_back(hull(lines, j * TC, (j + 1) * TC));
+  return depths;
+}
+
+// C[rows, :] = A[rows, :] B for a block of A's rows (A row-major with row stride lda, C [.., cols] with
+// row stride cols), tile by tile of B's columns, each tile over its K range only.
+template <typename scalar_t>
+void block_gemm(const scalar_t* a, int64_t lda, const at::Tensor& b_packed, const std::vector<Range>& depths,
+                scalar_t* c, int64_t cols, Range rows) {
+  constexpr int64_t TC = kTileCols<scalar_t>;
+  const int64_t K = b_packed.size(1);
+  const scalar_t* b = b_packed.data_ptr<scalar_t>();
+  for (int64_t j = 0; j < int64_t(depths.size()); ++j) {
+    const Range k = depths[j];
+    for (int64_t m = rows.begin; m < rows.end; m += kTileRows)
+      gemm_tile<scalar_t>(a + m * lda + k.begin, lda, 1, std::min<int64_t>(kTileRows, rows.end - m),
+                          b + (j * K + k.begin) * TC, TC, k.size(), c + m * cols + j * TC, cols,
+                          std::min(TC, cols - j * TC));
   }
 }
 
-Range chunk_of(int64_t chunk, int64_t rows_per_chunk, int64_t N) {
-  return {chunk * rows_per_chunk, std::min(N, (chunk + 1) * rows_per_chunk)};
-}
+Range block_of(int64_t block, int64_t N) { return {block * kRowBlock, std::min(N, (block + 1) * kRowBlock)}; }
 
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const scalar_t* bias, Activation act,
                     const MaskPlan& plan, at::Tensor& y) {
   using V = Vec<scalar_t>;
-  const int64_t N = x.size(0), out = plan.out_features;
-  const at::Tensor wm = masked_weight<scalar_t>(weight, plan), xp = permuted_columns<scalar_t>(x, plan);
+  const int64_t N = x.size(0), out = plan.out_features, in = plan.in_features;
+  const at::Tensor wm_t = packed_weight<scalar_t>(weight, plan, /*transpose=*/true);
+  const at::Tensor xp = permuted_columns<scalar_t>(x, plan);
+  const std::vector<Range> depths = tile_depths<scalar_t>(plan.row_cols);  // tile of outputs -> its inputs
   // GEMM results in permuted row order; y itself when the row order is the identity.
   at::Tensor yp = plan.row_perm.empty() ? y : at::empty_like(y);
+  const scalar_t* x_data = xp.data_ptr<scalar_t>();
   scalar_t *y_data = y.data_ptr<scalar_t>(), *yp_data = yp.data_ptr<scalar_t>();
-  const int64_t rows = chunk_rows(N);
-  at::parallel_for(0, (N + rows - 1) / rows, 1, [&](int64_t c0, int64_t c1) {
-    at::AutoDispatchBelowADInplaceOrView guard;  // worker threads: plain kernels, no autograd
-    for (int64_t c = c0; c < c1; ++c) {
-      const Range chunk = chunk_of(c, rows, N);
-      const at::Tensor y_rows = yp.narrow(0, chunk.begin, chunk.end - chunk.begin);
-      const at::Tensor x_rows = xp.narrow(0, chunk.begin, chunk.end - chunk.begin);
-      forward_gemms(y_rows, x_rows, wm, plan);
+  at::parallel_for(0, (N + kRowBlock - 1) / kRowBlock, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t block = b0; block < b1; ++block) {
+      const Range rows = block_of(block, N);
+      block_gemm<scalar_t>(x_data, in, wm_t, depths, yp_data, out, rows);
       // Epilogue: y = act(y + b), in place, or scattered back to the original row order.
-      for (int64_t n = chunk.begin; n < chunk.end; ++n) {
+      for (int64_t n = rows.begin; n < rows.end; ++n) {
         scalar_t* y_row = y_data + n * out;
         if (plan.row_perm.empty()) {
           for (int64_t o = 0; o < out; o += V::size()) {
@@ -348,28 +378,38 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
                      const scalar_t* output, Activation act, const MaskPlan& plan, at::Tensor& grad_x,
                      at::Tensor& grad_w, at::Tensor& grad_b) {
   using V = Vec<scalar_t>;
+  constexpr int64_t TC = kTileCols<scalar_t>;
   const int64_t N = x.size(0), out = plan.out_features, in = plan.in_features;
-  const at::Tensor wm = masked_weight<scalar_t>(weight, plan), xp = permuted_columns<scalar_t>(x, plan);
-  // gz = d loss / d pre-activation in permuted row order; grad itself when nothing changes it.
-  const bool gz_is_grad = act == Activation::kNone && plan.row_perm.empty();
-  const at::Tensor gz = gz_is_grad ? grad : at::empty_like(grad);
+  const at::Tensor wm = packed_weight<scalar_t>(weight, plan, /*transpose=*/false);
+  const std::vector<Range> depths = tile_depths<scalar_t>(plan.col_rows);  // tile of inputs -> its outputs
+  // gz = d loss / d pre-activation in permuted row order, rows ld apart: an odd number of cache lines, so
+  // that the column strips grad_W reads (kDepthBlock rows) spread over all L1 sets (rows 2 KB apart
+  // share 2 of its 64).
+  constexpr int64_t kLine = 64 / sizeof(scalar_t);
+  const int64_t ld = ((out + kLine - 1) / kLine | 1) * kLine;
+  const at::Tensor gz = scratch_buffer(kGradSlot, {N, ld}, grad.options());
   at::Tensor gxp = plan.col_perm.empty() ? grad_x : at::empty_like(grad_x);
-  const int64_t rows = chunk_rows(N), chunks = (N + rows - 1) / rows;
-  at::Tensor bias_partials = at::zeros({chunks, out}, grad.options());  // per-chunk column sums of gz
+  const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
+  at::Tensor bias_partials = scratch_buffer(kBiasSlot, {blocks, out}, grad.options()).zero_();  // per-block column sums of gz
   const scalar_t* g = grad.data_ptr<scalar_t>();
   scalar_t *gz_data = gz.data_ptr<scalar_t>(), *partials = bias_partials.data_ptr<scalar_t>();
   scalar_t *gx_data = grad_x.data_ptr<scalar_t>(), *gxp_data = gxp.data_ptr<scalar_t>();
 
-  // Pass 1, per chunk of rows: gz (activation gradient, permuted), its column sums, then grad_x.
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    for (int64_t c = c0; c < c1; ++c) {
-      const Range chunk = chunk_of(c, rows, N);
-      scalar_t* partial = partials + c * out;
-      for (int64_t n = chunk.begin; n < chunk.end; ++n) {
-        scalar_t* gz_row = gz_data + n * out;
+  // Pass 1, per block of rows: gz (activation gradient, permuted), its column sums, then grad_x.
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t block = b0; block < b1; ++block) {
+      const Range rows = block_of(block, N);
+      scalar_t* partial = partials + block * out;
+      for (int64_t n = rows.begin; n < rows.end; ++n) {
+        scalar_t* gz_row = gz_data + n * ld;
         const scalar_t *g_row = g + n * out, *out_row = output != nullptr ? output + n * out : nullptr;
-        if (!gz_is_grad && !plan.row_perm.empty()) {
+        if (plan.row_perm.empty()) {
+          for (int64_t r = 0; r < out; r += V::size()) {
+            const int64_t count = std::min<int64_t>(V::size(), out - r);
+            const V o = out_row != nullptr ? V::loadu(out_row + r, count) : V(0);
+            activation_grad(V::loadu(g_row + r, count), o, act).store(gz_row + r, count);
+          }
+        } else {
           for (int64_t r = 0; r < out; ++r) {
             const int64_t o = plan.row_perm[r];
             gz_row[r] = activation_grad(g_row[o], out_row != nullptr ? out_row[o] : scalar_t(0), act);
@@ -377,19 +417,13 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
         }
         for (int64_t r = 0; r < out; r += V::size()) {
           const int64_t count = std::min<int64_t>(V::size(), out - r);
-          V gz_vec = V::loadu(gz_row + r, count);
-          if (!gz_is_grad && plan.row_perm.empty()) {  // relu, rows in place
-            gz_vec = activation_grad(V::loadu(g_row + r, count), V::loadu(out_row + r, count), act);
-            gz_vec.store(gz_row + r, count);
-          }
-          (V::loadu(partial + r, count) + gz_vec).store(partial + r, count);
+          (V::loadu(partial + r, count) + V::loadu(gz_row + r, count)).store(partial + r, count);
         }
       }
-      const at::Tensor gx_rows = gxp.narrow(0, chunk.begin, chunk.end - chunk.begin);
-      const at::Tensor gz_rows = gz.narrow(0, chunk.begin, chunk.end - chunk.begin);
-      grad_x_gemms(gx_rows, gz_rows, wm, plan);
+      // gx[rows] = gz[rows] @ Wm
+      block_gemm<scalar_t>(gz_data, ld, wm, depths, gxp_data, in, rows);
       if (!plan.col_perm.empty()) {
-        for (int64_t n = chunk.begin; n < chunk.end; ++n)
+        for (int64_t n = rows.begin; n < rows.end; ++n)
           for (int64_t col = 0; col < in; ++col) gx_data[n * in + plan.col_perm[col]] = gxp_data[n * in + col];
       }
     }
@@ -398,25 +432,31 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
   const scalar_t* sums = bias_sums.data_ptr<scalar_t>();
   for (int64_t r = 0; r < out; ++r) grad_b.data_ptr<scalar_t>()[plan.row(r)] = sums[r];
 
-  // Pass 2: grad_W per panel, gW[rows_p, cols_p] = gz[:, rows_p]^T @ x[:, cols_p] (K = N); every thread
-  // takes an equal share of every panel's rows.
+  // Pass 2: grad_W = gz^T @ x (K = N) on the tiles of kTileRows rows x kTileCols columns that hold kept
+  // entries. Both operands are packed (A = gz^T as [tile row][n][kTileRows]) and K runs in blocks of
+  // kDepthBlock, so a tile's two operand strips stay in L1. The staircase makes later rows costlier, so
+  // threads take every threads-th tile row.
   at::Tensor gwp = (plan.row_perm.empty() && plan.col_perm.empty()) ? grad_w : at::empty_like(grad_w);
-  const int64_t threads = at::get_num_threads();
+  const int64_t ldx = (((in + TC - 1) / TC * TC + kLine - 1) / kLine | 1) * kLine;
+  const at::Tensor x_padded = padded_columns<scalar_t>(x, plan, ldx);
+  const scalar_t* xb = x_padded.data_ptr<scalar_t>();
+  scalar_t* gwp_data = gwp.data_ptr<scalar_t>();
+  const int64_t threads = at::get_num_threads(), tile_rows = (out + kTileRows - 1) / kTileRows;
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
-    at::AutoDispatchBelowADInplaceOrView guard;
     for (int64_t t = t0; t < t1; ++t) {
-      for (const Panel& panel : plan.panels) {
-        const Range rows{panel.rows.begin + panel.rows.size() * t / threads,
-                         panel.rows.begin + panel.rows.size() * (t + 1) / threads};
-        if (rows.size() == 0 || panel.cols.size() == 0) continue;
-        at::Tensor gw_block = block_of(gwp, rows, panel.cols);
-        at::mm_out(gw_block, gz.narrow(1, rows.begin, rows.size()).t(),
-                   xp.narrow(1, panel.cols.begin, panel.cols.size()));
+      for (int64_t k = 0; k < N; k += kDepthBlock) {
+        const int64_t depth = std::min(kDepthBlock, N - k);
+        for (int64_t i = t; i < tile_rows; i += threads) {
+          const Range rows{i * kTileRows, std::min(out, (i + 1) * kTileRows)};
+          const Range cols = hull(plan.row_cols, rows.begin, rows.end);
+          for (int64_t j = cols.begin / TC; j * TC < cols.end; ++j)
+            gemm_tile<scalar_t>(gz_data + k * ld + rows.begin, 1, ld, rows.size(), xb + k * ldx + j * TC, ldx,
+                                depth, gwp_data + rows.begin * in + j * TC, in, std::min(TC, in - j * TC), k > 0);
+        }
       }
     }
   });
   // Exactly 0 outside the mask (also where no GEMM wrote), back in the original order.
-  const scalar_t* gwp_data = gwp.data_ptr<scalar_t>();
   scalar_t* gw_data = grad_w.data_ptr<scalar_t>();
   at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
