@@ -37,7 +37,7 @@ inline at::Tensor empty_buffer_like(const at::Tensor& t) { return empty_buffer(t
 // shape). Buffers over kMaxKept bytes are not kept: they come from empty_buffer. A thread keeps at most
 // kSlots * kMaxKept bytes; the returned tensor must not outlive the call.
 inline at::Tensor scratch_buffer(int slot, at::IntArrayRef sizes, const at::TensorOptions& options) {
-  constexpr int kSlots = 4;
+  constexpr int kSlots = 5;
   constexpr int64_t kMaxKept = int64_t(8) << 20;
   const int64_t numel = c10::multiply_integers(sizes), nbytes = numel * options.dtype().itemsize();
   TORCH_CHECK(slot >= 0 && slot < kSlots, "fastlv: scratch slot ", slot, " out of range");

@@ -74,7 +74,7 @@ constexpr int64_t kRowBlock = 96;
 // stay in L1.
 constexpr int64_t kDepthBlock = 128;
 // scratch_buffer slots of the temporaries.
-constexpr int kWeightSlot = 0, kInputSlot = 1, kGradSlot = 2, kBiasSlot = 3;
+constexpr int kWeightSlot = 0, kInputSlot = 1, kGradSlot = 2, kBiasSlot = 3, kGradInSlot = 4;
 
 struct Range {
   int64_t begin, end;
@@ -503,7 +503,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
   check_masked_linear_grad_args(grad, x, weight, output, act);
   const int64_t out = weight.size(0), in = weight.size(1);
   const at::Tensor x2 = as_matrix(x, in), wc = weight.contiguous();
-  const at::Tensor g2 = as_matrix(grad.to(x.scalar_type()), out);
+  // The gradient of a sum is one value expanded (strides 0): copied into a kept buffer, not a new one.
+  const at::Tensor g_view = grad.to(x.scalar_type()).reshape({x2.size(0), out});
+  const at::Tensor g2 = g_view.is_contiguous()
+                            ? g_view
+                            : scratch_buffer(kGradInSlot, g_view.sizes(), g_view.options()).copy_(g_view);
   const at::Tensor out2 = output.has_value() ? as_matrix(output->to(x.scalar_type()), out)
                                              : at::Tensor();
   at::Tensor grad_x = at::empty_like(x2), grad_w = at::empty_like(wc), grad_b = at::empty({out}, x.options());
