@@ -136,6 +136,21 @@ def test_odd_sizes_and_float64(backend, n):
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_many_rows(backend, dtype):
+    """301 rows: the C++ kernels' row blocks (96), grad_W's K blocks (128) and tiles of 6 rows all end
+    partway; 45 inputs and 70 outputs end partway through a tile of columns."""
+    _, device = backend
+    mask = made_layer_mask(45, 70, order="random", seed=2).to(device)
+    x, weight, bias = inputs((7, 43), 45, 70, dtype=dtype, device=device, requires_grad=True)
+    y = masked_linear(x, weight, mask, bias, "relu")
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(y.double(), dense_reference(x, weight, mask, bias, "relu"), **tol)
+    for got, want in zip(weighted_grads(y, (x, weight, bias)),
+                         weighted_grads(masked_linear_ref(x, weight, mask, bias, "relu"), (x, weight, bias))):
+        torch.testing.assert_close(got, want, **tol)
+
+
 def test_non_contiguous_inputs_and_mask_dtypes(backend):
     _, device = backend
     mask = made_layer_mask(30, 20, order="random").to(device)
