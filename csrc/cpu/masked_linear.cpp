@@ -222,26 +222,21 @@ at::Tensor packed_weight(const at::Tensor& weight, const MaskPlan& plan, bool tr
   return packed;
 }
 
-// x with its columns in permuted order, as the B operand of grad_W's tile GEMM: rows ld apart, an odd
-// number of cache lines (see gz in backward_kernel) holding whole tiles, zero past the last column.
+// Rows of x with their columns in permuted order, as the B operand of grad_W's tile GEMM: dst rows ld
+// apart, an odd number of cache lines (see gz in backward_kernel) holding whole tiles, zero past the last
+// column.
 template <typename scalar_t>
-at::Tensor padded_columns(const at::Tensor& x, const MaskPlan& plan, int64_t ld) {
-  const int64_t N = x.size(0), in = plan.in_features;
-  at::Tensor xp = scratch_buffer(kInputSlot, {N, ld}, x.options());
-  const scalar_t* src = x.data_ptr<scalar_t>();
-  scalar_t* dst = xp.data_ptr<scalar_t>();
-  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      scalar_t* row = dst + n * ld;
-      if (plan.col_perm.empty()) {
-        std::copy(src + n * in, src + (n + 1) * in, row);
-      } else {
-        for (int64_t c = 0; c < in; ++c) row[c] = src[n * in + plan.col_perm[c]];
-      }
-      std::fill(row + in, row + ld, scalar_t(0));
+void pad_rows(const scalar_t* x, const MaskPlan& plan, Range rows, scalar_t* dst, int64_t ld) {
+  const int64_t in = plan.in_features;
+  for (int64_t n = rows.begin; n < rows.end; ++n) {
+    scalar_t* row = dst + n * ld;
+    if (plan.col_perm.empty()) {
+      std::copy(x + n * in, x + (n + 1) * in, row);
+    } else {
+      for (int64_t c = 0; c < in; ++c) row[c] = x[n * in + plan.col_perm[c]];
     }
-  });
-  return xp;
+    std::fill(row + in, row + ld, scalar_t(0));
+  }
 }
 
 // x with its columns in permuted order (x itself when the column order is the identity).
@@ -388,14 +383,17 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
   constexpr int64_t kLine = 64 / sizeof(scalar_t);
   const int64_t ld = ((out + kLine - 1) / kLine | 1) * kLine;
   const at::Tensor gz = scratch_buffer(kGradSlot, {N, ld}, grad.options());
+  const int64_t ldx = (((in + TC - 1) / TC * TC + kLine - 1) / kLine | 1) * kLine;
+  const at::Tensor x_padded = scratch_buffer(kInputSlot, {N, ldx}, x.options());
   at::Tensor gxp = plan.col_perm.empty() ? grad_x : at::empty_like(grad_x);
   const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
   at::Tensor bias_partials = scratch_buffer(kBiasSlot, {blocks, out}, grad.options()).zero_();  // per-block column sums of gz
   const scalar_t* g = grad.data_ptr<scalar_t>();
   scalar_t *gz_data = gz.data_ptr<scalar_t>(), *partials = bias_partials.data_ptr<scalar_t>();
   scalar_t *gx_data = grad_x.data_ptr<scalar_t>(), *gxp_data = gxp.data_ptr<scalar_t>();
+  scalar_t* xb = x_padded.data_ptr<scalar_t>();
 
-  // Pass 1, per block of rows: gz (activation gradient, permuted), its column sums, then grad_x.
+  // Pass 1, per block of rows: gz (activation gradient, permuted), its column sums, grad_x, padded x.
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t block = b0; block < b1; ++block) {
       const Range rows = block_of(block, N);
@@ -426,6 +424,7 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
         for (int64_t n = rows.begin; n < rows.end; ++n)
           for (int64_t col = 0; col < in; ++col) gx_data[n * in + plan.col_perm[col]] = gxp_data[n * in + col];
       }
+      pad_rows<scalar_t>(x.data_ptr<scalar_t>(), plan, rows, xb, ldx);
     }
   });
   const at::Tensor bias_sums = bias_partials.sum(0);  // permuted order
@@ -433,14 +432,28 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
   for (int64_t r = 0; r < out; ++r) grad_b.data_ptr<scalar_t>()[plan.row(r)] = sums[r];
 
   // Pass 2: grad_W = gz^T @ x (K = N) on the tiles of kTileRows rows x kTileCols columns that hold kept
-  // entries. Both operands are packed (A = gz^T as [tile row][n][kTileRows]) and K runs in blocks of
-  // kDepthBlock, so a tile's two operand strips stay in L1. The staircase makes later rows costlier, so
-  // threads take every threads-th tile row.
+  // entries: A(r, n) = gz[n, r], B = padded x. K runs in blocks of kDepthBlock, so a tile's two operand
+  // strips stay in L1. The staircase makes later rows costlier, so threads take every threads-th tile
+  // row. Then each thread sets its rows to exactly 0 outside the mask (also where no GEMM wrote), in the
+  // original order.
   at::Tensor gwp = (plan.row_perm.empty() && plan.col_perm.empty()) ? grad_w : at::empty_like(grad_w);
-  const int64_t ldx = (((in + TC - 1) / TC * TC + kLine - 1) / kLine | 1) * kLine;
-  const at::Tensor x_padded = padded_columns<scalar_t>(x, plan, ldx);
-  const scalar_t* xb = x_padded.data_ptr<scalar_t>();
-  scalar_t* gwp_data = gwp.data_ptr<scalar_t>();
+  scalar_t *gwp_data = gwp.data_ptr<scalar_t>(), *gw_data = grad_w.data_ptr<scalar_t>();
+  auto finish_row = [&](int64_t r) {
+    const scalar_t* src = gwp_data + r * in;
+    scalar_t* dst = gw_data + plan.row(r) * in;
+    if (gwp_data == gw_data) {  // in place: zero what lies between the runs
+      int64_t c = 0;
+      for (const Range& run : plan.runs[r]) {
+        std::fill(dst + c, dst + run.begin, scalar_t(0));
+        c = run.end;
+      }
+      std::fill(dst + c, dst + in, scalar_t(0));
+    } else {  // scatter the runs back to the original column order
+      std::fill(dst, dst + in, scalar_t(0));
+      for (const Range& run : plan.runs[r])
+        for (int64_t j = run.begin; j < run.end; ++j) dst[plan.col(j)] = src[j];
+    }
+  };
   const int64_t threads = at::get_num_threads(), tile_rows = (out + kTileRows - 1) / kTileRows;
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -454,26 +467,8 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
                                 depth, gwp_data + rows.begin * in + j * TC, in, std::min(TC, in - j * TC), k > 0);
         }
       }
-    }
-  });
-  // Exactly 0 outside the mask (also where no GEMM wrote), back in the original order.
-  scalar_t* gw_data = grad_w.data_ptr<scalar_t>();
-  at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const scalar_t* src = gwp_data + r * in;
-      scalar_t* dst = gw_data + plan.row(r) * in;
-      if (gwp_data == gw_data) {  // in place: zero what lies between the runs
-        int64_t c = 0;
-        for (const Range& run : plan.runs[r]) {
-          std::fill(dst + c, dst + run.begin, scalar_t(0));
-          c = run.end;
-        }
-        std::fill(dst + c, dst + in, scalar_t(0));
-      } else {  // scatter the runs back to the original column order
-        std::fill(dst, dst + in, scalar_t(0));
-        for (const Range& run : plan.runs[r])
-          for (int64_t j = run.begin; j < run.end; ++j) dst[plan.col(j)] = src[j];
-      }
+      for (int64_t r = t * kTileRows; r < out; r += threads * kTileRows)
+        for (int64_t row = r; row < std::min(out, r + kTileRows); ++row) finish_row(row);
     }
   });
 }
