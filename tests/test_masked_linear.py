@@ -212,10 +212,32 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
-def test_double_backward_raises():
+@pytest.mark.parametrize("bias_on", [True, False])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_eager_path_with_cpp_autograd_matches_the_custom_op(activation, bias_on):
+    """In eager mode on the cpp backend masked_linear calls fastlv_C::masked_linear, whose autograd is
+    registered in C++; the custom op fastlv::masked_linear is torch.compile's path. Both run the same
+    kernels: equal outputs and gradients."""
+    mask = made_layer_mask(20, 30, order="random")
+    x, weight, bias = inputs((3, 7), 20, 30, bias=bias_on, requires_grad=True)
+    tensors = [t for t in (x, weight, bias) if t is not None]
+    with fastlv.use_backend("cpp"):
+        y = masked_linear(x, weight, mask, bias, activation)
+        custom_y = torch.ops.fastlv.masked_linear(x, weight, mask, bias, activation or "none")
+        cpp_grads, custom_grads = weighted_grads(y, tensors), weighted_grads(custom_y, tensors)
+    assert "MaskedLinear" in y.grad_fn.name()  # the public op took the C++ autograd path
+    assert torch.equal(y, custom_y)
+    for a, b in zip(cpp_grads, custom_grads):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("path", ["public", "custom op"])
+def test_double_backward_raises(path):
     mask = made_layer_mask(4, 4)
     x, weight, bias = inputs((2,), 4, 4, dtype=torch.float64, requires_grad=True)
-    (gx,) = torch.autograd.grad(masked_linear(x, weight, mask, bias).sum(), x, create_graph=True)
+    op = masked_linear if path == "public" else torch.ops.fastlv.masked_linear
+    y = op(x, weight, mask, bias, "none")
+    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
     with pytest.raises(NotImplementedError, match="double backward"):
         gx.sum().backward()
 

@@ -30,6 +30,7 @@
 #include "common/gaussian_math.h"
 #include "common/philox.h"
 #include "cpu/buffers.h"
+#include "cpu/kernel_op.h"
 #include "cpu/vec_math.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte GCC vectors are passed only between inlined functions
@@ -502,13 +503,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> precision_weighted_ba
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// An op of fastlv_C through the dispatcher: below autograd it runs the kernel of the device (CPU or CUDA).
-// Fn: the signature of its CPU kernel.
-template <typename Fn>
-c10::TypedOperatorHandle<Fn> kernel_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
-}
 
 OptTensor defined_or_none(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 

@@ -28,6 +28,7 @@
 #include <ATen/ops/ne.h>
 #include <ATen/ops/sum.h>
 #include <c10/core/StorageImpl.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -41,6 +42,7 @@
 #include "common/masked_linear_checks.h"
 #include "common/masked_linear_math.h"
 #include "cpu/buffers.h"
+#include "cpu/kernel_op.h"
 #include "cpu/vec_math.h"
 
 namespace fastlv {
@@ -520,6 +522,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
   return {grad_x.view(x.sizes()), grad_w, grad_b};
 }
 
+// ---- autograd in C++ ----
+// fastlv.ops.masked_linear calls fastlv_C::masked_linear directly in eager mode on the cpp and cuda
+// backends, with this Autograd kernel: the Python autograd of the custom op fastlv::masked_linear (kept
+// for torch.compile, the other backends and opcheck) costs ~0.3 ms per forward+backward, 5% of the layer
+// at the MADE shape. Both paths run the same kernels.
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The gradients as a node of their own, so that differentiating them again (create_graph=True) raises.
+struct MaskedLinearBackward : torch::autograd::Function<MaskedLinearBackward> {
+  static variable_list forward(AutogradContext*, const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& mask, const std::optional<at::Tensor>& output,
+                               const std::string& activation) {
+    static const auto kernel =
+        kernel_op<decltype(masked_linear_backward_cpu)>("fastlv_C::masked_linear_backward");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const auto [grad_x, grad_w, grad_b] = kernel.call(grad, x, weight, mask, output, activation);
+    return {grad_x, grad_w, grad_b};
+  }
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK_NOT_IMPLEMENTED(false, "fastlv: double backward through fastlv::masked_linear is not implemented");
+  }
+};
+
+struct MaskedLinear : torch::autograd::Function<MaskedLinear> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+                            const std::optional<at::Tensor>& bias, const std::string& activation) {
+    static const auto kernel = kernel_op<decltype(masked_linear_cpu)>("fastlv_C::masked_linear");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const at::Tensor y = kernel.call(x, weight, mask, bias, activation);
+    // relu's gradient is read from the output; without an activation nothing of size [..., out] is kept.
+    ctx->save_for_backward({x, weight, mask, activation == "relu" ? y : at::Tensor()});
+    ctx->saved_data["activation"] = activation;
+    ctx->saved_data["has_bias"] = bias.has_value();
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const std::optional<at::Tensor> output = saved[3].defined() ? std::optional(saved[3]) : std::nullopt;
+    const variable_list g = MaskedLinearBackward::apply(grads[0], saved[0], saved[1], saved[2], output,
+                                                        ctx->saved_data["activation"].toStringRef());
+    // One per forward argument: x, weight, mask (none), bias, activation (none).
+    return {g[0], g[1], at::Tensor(), ctx->saved_data["has_bias"].toBool() ? g[2] : at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor masked_linear_autograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+                                  const std::optional<at::Tensor>& bias, c10::string_view activation) {
+  return MaskedLinear::apply(x, weight, mask, bias, std::string(activation));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastlv_C, m) {
@@ -532,5 +586,7 @@ TORCH_LIBRARY_IMPL(fastlv_C, CPU, m) {
   m.impl("masked_linear", &masked_linear_cpu);
   m.impl("masked_linear_backward", &masked_linear_backward_cpu);
 }
+
+TORCH_LIBRARY_IMPL(fastlv_C, Autograd, m) { m.impl("masked_linear", &masked_linear_autograd); }
 
 }  // namespace fastlv
