@@ -275,24 +275,17 @@ void gemm_tile(const scalar_t* a, int64_t a_row, int64_t a_k, int64_t rows, cons
   for (int64_t k = 0; k < depth; ++k, b += b_k) {
     const int64_t at = k * a_k;
     const V b0 = V::loadu(b), b1 = V::loadu(b + W);
-    V a_ik(a0[at]);
-    c00 = at::vec::fmadd(a_ik, b0, c00);
-    c01 = at::vec::fmadd(a_ik, b1, c01);
-    a_ik = V(a1[at]);
-    c10 = at::vec::fmadd(a_ik, b0, c10);
-    c11 = at::vec::fmadd(a_ik, b1, c11);
-    a_ik = V(a2[at]);
-    c20 = at::vec::fmadd(a_ik, b0, c20);
-    c21 = at::vec::fmadd(a_ik, b1, c21);
-    a_ik = V(a3[at]);
-    c30 = at::vec::fmadd(a_ik, b0, c30);
-    c31 = at::vec::fmadd(a_ik, b1, c31);
-    a_ik = V(a4[at]);
-    c40 = at::vec::fmadd(a_ik, b0, c40);
-    c41 = at::vec::fmadd(a_ik, b1, c41);
-    a_ik = V(a5[at]);
-    c50 = at::vec::fmadd(a_ik, b0, c50);
-    c51 = at::vec::fmadd(a_ik, b1, c51);
+    const auto row_step = [&](const scalar_t* a_i, V& lo, V& hi) {  // one row: its 2 accumulators
+      const V a_ik(a_i[at]);
+      lo = at::vec::fmadd(a_ik, b0, lo);
+      hi = at::vec::fmadd(a_ik, b1, hi);
+    };
+    row_step(a0, c00, c01);
+    row_step(a1, c10, c11);
+    row_step(a2, c20, c21);
+    row_step(a3, c30, c31);
+    row_step(a4, c40, c41);
+    row_step(a5, c50, c51);
   }
   const V tile[kTileRows][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
   for (int64_t i = 0; i < rows; ++i) {
