@@ -256,11 +256,11 @@ at::Tensor permuted_columns(const at::Tensor& x, const MaskPlan& plan) {
   return xp;
 }
 
-// One tile of C = A B: c[i, 0:width] = sum over k < depth of A(i, k) B[k, 0:width] for the rows
-// i < rows <= kTileRows, where A(i, k) = a[i * a_row + k * a_k] and B is one packed tile ([depth][kTileCols],
-// from its first k used); depth 0 writes zeros. With accumulate, c += instead. The 12 accumulators are named variables: GCC 12 keeps an
-// array of them in registers but also stores it to the stack at every k. Missing rows repeat the last
-// row's A (computed, not stored).
+// One tile of C = A B: c[i, 0:width] = sum over k < depth of A(i, k) B(k, 0:width) for the rows
+// i < rows <= kTileRows, where A(i, k) = a[i * a_row + k * a_k] and B(k, :) = b[k * b_k + 0:kTileCols]
+// (a packed tile, or padded x); depth 0 writes zeros, and with accumulate c += instead. The 12
+// accumulators are named variables: GCC 12 keeps an array of them in registers but also stores it to the
+// stack at every k. Missing rows repeat the last row's A (computed, not stored).
 template <typename scalar_t>
 void gemm_tile(const scalar_t* a, int64_t a_row, int64_t a_k, int64_t rows, const scalar_t* b, int64_t b_k,
                int64_t depth, scalar_t* c, int64_t ldc, int64_t width, bool accumulate = false) {
@@ -273,10 +273,10 @@ void gemm_tile(const scalar_t* a, int64_t a_row, int64_t a_k, int64_t rows, cons
                  *a5 = a_rows[5];
   V c00(0), c01(0), c10(0), c11(0), c20(0), c21(0), c30(0), c31(0), c40(0), c41(0), c50(0), c51(0);
   for (int64_t k = 0; k < depth; ++k, b += b_k) {
-    const int64_t at = k * a_k;
+    const int64_t a_at = k * a_k;
     const V b0 = V::loadu(b), b1 = V::loadu(b + W);
     const auto row_step = [&](const scalar_t* a_i, V& lo, V& hi) {  // one row: its 2 accumulators
-      const V a_ik(a_i[at]);
+      const V a_ik(a_i[a_at]);
       lo = at::vec::fmadd(a_ik, b0, lo);
       hi = at::vec::fmadd(a_ik, b1, hi);
     };
@@ -382,7 +382,8 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
   const at::Tensor x_padded = scratch_buffer(kInputSlot, {N, ldx}, x.options());
   at::Tensor gxp = plan.col_perm.empty() ? grad_x : at::empty_like(grad_x);
   const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
-  at::Tensor bias_partials = scratch_buffer(kBiasSlot, {blocks, out}, grad.options()).zero_();  // per-block column sums of gz
+  // Per-block column sums of gz.
+  at::Tensor bias_partials = scratch_buffer(kBiasSlot, {blocks, out}, grad.options()).zero_();
   const scalar_t* g = grad.data_ptr<scalar_t>();
   scalar_t *gz_data = gz.data_ptr<scalar_t>(), *partials = bias_partials.data_ptr<scalar_t>();
   scalar_t *gx_data = grad_x.data_ptr<scalar_t>(), *gxp_data = gxp.data_ptr<scalar_t>();
