@@ -121,6 +121,13 @@ def select(device: torch.device) -> str:
     return next((b for b in candidates if not unavailable_reason(b, device)), "ref")
 
 
+def eager_fastlv_c(device: torch.device) -> bool:
+    """Whether an op on ``device`` runs eagerly (not traced by torch.compile) on a compiled backend (cpp or
+    cuda): there the public ops call their fastlv_C kernel op directly, whose autograd is registered in
+    C++, instead of the Python custom op (~0.3 ms of autograd overhead per forward+backward)."""
+    return not torch.compiler.is_compiling() and select(device) in ("cpp", "cuda")
+
+
 def run_kernel(name: str, reference: Callable, device: torch.device, *args):
     """Run kernel ``name`` of the selected backend on ``args`` (``reference`` for the ref backend)."""
     backend = select(device)

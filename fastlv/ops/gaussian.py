@@ -49,7 +49,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastlv._backend import run_kernel, select
+from fastlv._backend import eager_fastlv_c, run_kernel
 from fastlv.ops._common import (broadcast_shape, check_tensors, clamp_bounds, expand_to, no_double_backward,
                                 reduce)
 
@@ -429,7 +429,7 @@ def _sample_kl_cpp_autograd(*args) -> tuple[Tensor, Tensor]:
 def _sample_kl(args: tuple) -> tuple[Tensor, Tensor]:
     """fastlv::gaussian_sample_kl on ``args``, or in eager mode on the compiled backends its C++ autograd
     twin: the Python custom op costs ~0.3 ms per forward+backward, as much as the kernels at the speech shape."""
-    if not torch.compiler.is_compiling() and select(args[0].device) in ("cpp", "cuda"):
+    if eager_fastlv_c(args[0].device):
         return _sample_kl_cpp_autograd(*args)
     return _sample_kl_op(*args)
 
