@@ -224,11 +224,9 @@ at::Tensor packed_weight(const at::Tensor& weight, const MaskPlan& plan, bool tr
   return packed;
 }
 
-// Rows of x with their columns in permuted order, as the B operand of grad_W's tile GEMM: dst rows ld
-// apart, an odd number of cache lines (see gz in backward_kernel) holding whole tiles, zero past the last
-// column.
+// Rows of x with their columns in permuted order, dst rows ld >= in apart, zero past the last column.
 template <typename scalar_t>
-void pad_rows(const scalar_t* x, const MaskPlan& plan, Range rows, scalar_t* dst, int64_t ld) {
+void permute_rows(const scalar_t* x, const MaskPlan& plan, Range rows, scalar_t* dst, int64_t ld) {
   const int64_t in = plan.in_features;
   for (int64_t n = rows.begin; n < rows.end; ++n) {
     scalar_t* row = dst + n * ld;
@@ -245,13 +243,9 @@ void pad_rows(const scalar_t* x, const MaskPlan& plan, Range rows, scalar_t* dst
 template <typename scalar_t>
 at::Tensor permuted_columns(const at::Tensor& x, const MaskPlan& plan) {
   if (plan.col_perm.empty()) return x;
-  const int64_t N = x.size(0), in = plan.in_features;
   at::Tensor xp = at::empty_like(x);
-  const scalar_t* src = x.data_ptr<scalar_t>();
-  scalar_t* dst = xp.data_ptr<scalar_t>();
-  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t c = 0; c < in; ++c) dst[n * in + c] = src[n * in + plan.col(c)];
+  at::parallel_for(0, x.size(0), 64, [&](int64_t n0, int64_t n1) {
+    permute_rows(x.data_ptr<scalar_t>(), plan, {n0, n1}, xp.data_ptr<scalar_t>(), plan.in_features);
   });
   return xp;
 }
@@ -372,13 +366,14 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
   const int64_t N = x.size(0), out = plan.out_features, in = plan.in_features;
   const at::Tensor wm = packed_weight<scalar_t>(weight, plan, /*transpose=*/false);
   const std::vector<Range> depths = tile_depths<scalar_t>(plan.col_rows);  // tile of inputs -> its outputs
-  // gz = d loss / d pre-activation in permuted row order, rows ld apart: an odd number of cache lines, so
-  // that the column strips grad_W reads (kDepthBlock rows) spread over all L1 sets (rows 2 KB apart
-  // share 2 of its 64).
+  // grad_W's operands: gz = d loss / d pre-activation in permuted row order (rows ld apart) and x in
+  // permuted column order, padded to whole tiles (rows ldx apart). Rows are an odd number of cache lines
+  // apart, so that the column strips grad_W reads (kDepthBlock rows) spread over all L1 sets (rows 2 KB
+  // apart share 2 of its 64).
   constexpr int64_t kLine = 64 / sizeof(scalar_t);
-  const int64_t ld = ((out + kLine - 1) / kLine | 1) * kLine;
+  const auto odd_lines = [](int64_t width) { return ((width + kLine - 1) / kLine | 1) * kLine; };
+  const int64_t ld = odd_lines(out), ldx = odd_lines((in + TC - 1) / TC * TC);
   const at::Tensor gz = scratch_buffer(kGradSlot, {N, ld}, grad.options());
-  const int64_t ldx = (((in + TC - 1) / TC * TC + kLine - 1) / kLine | 1) * kLine;
   const at::Tensor x_padded = scratch_buffer(kInputSlot, {N, ldx}, x.options());
   at::Tensor gxp = plan.col_perm.empty() ? grad_x : at::empty_like(grad_x);
   const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
@@ -420,7 +415,7 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
         for (int64_t n = rows.begin; n < rows.end; ++n)
           for (int64_t col = 0; col < in; ++col) gx_data[n * in + plan.col_perm[col]] = gxp_data[n * in + col];
       }
-      pad_rows<scalar_t>(x.data_ptr<scalar_t>(), plan, rows, xb, ldx);
+      permute_rows(x.data_ptr<scalar_t>(), plan, rows, xb, ldx);  // grad_W's B operand
     }
   });
   const at::Tensor bias_sums = bias_partials.sum(0);  // permuted order
