@@ -151,6 +151,26 @@ def test_many_rows(backend, dtype):
         torch.testing.assert_close(got, want, **tol)
 
 
+@pytest.mark.parametrize("layout", ["sum", "per row", "per column", "transposed", "contiguous"])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_incoming_gradient_layouts(backend, layout, activation):
+    """The backward reads an expanded gradient (of a sum: strides 0; one value per row or per column) in
+    place and copies other layouts; every layout gives the reference's gradients."""
+    _, device = backend
+    mask = made_layer_mask(45, 70, order="random", seed=2).to(device)
+    x, weight, bias = inputs((7, 43), 45, 70, device=device, requires_grad=True)
+    g = torch.randn(7 * 43, 70, generator=torch.Generator().manual_seed(5)).to(device)
+    grad = {"sum": torch.tensor(0.7, device=device).expand(7, 43, 70),
+            "per row": g[:, :1].expand(-1, 70).view(7, 43, 70),
+            "per column": g[0].expand(7, 43, 70),
+            "transposed": g.t().contiguous().t().view(7, 43, 70),
+            "contiguous": g.view(7, 43, 70)}[layout]
+    got = torch.autograd.grad(masked_linear(x, weight, mask, bias, activation), (x, weight, bias), grad)
+    want = torch.autograd.grad(masked_linear_ref(x, weight, mask, bias, activation), (x, weight, bias), grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_non_contiguous_inputs_and_mask_dtypes(backend):
     _, device = backend
     mask = made_layer_mask(30, 20, order="random").to(device)

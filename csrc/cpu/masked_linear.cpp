@@ -224,18 +224,22 @@ at::Tensor packed_weight(const at::Tensor& weight, const MaskPlan& plan, bool tr
   return packed;
 }
 
-// Rows of x with their columns in permuted order, dst rows ld >= in apart, zero past the last column.
+// Rows of x (columns in permuted order) as grad_W's B operand, packed into strips: the rows of a block of
+// kDepthBlock rows, restricted to a tile of kTileCols columns, are contiguous ([kDepthBlock][kTileCols]),
+// zero past the last column. A tile of grad_W then reads its K block of B sequentially.
 template <typename scalar_t>
-void permute_rows(const scalar_t* x, const MaskPlan& plan, Range rows, scalar_t* dst, int64_t ld) {
-  const int64_t in = plan.in_features;
+void pack_input_strips(const scalar_t* x, const MaskPlan& plan, Range rows, scalar_t* dst) {
+  constexpr int64_t TC = kTileCols<scalar_t>;
+  const int64_t in = plan.in_features, tiles = (in + TC - 1) / TC;
   for (int64_t n = rows.begin; n < rows.end; ++n) {
-    scalar_t* row = dst + n * ld;
-    if (plan.col_perm.empty()) {
-      std::copy(x + n * in, x + (n + 1) * in, row);
-    } else {
-      for (int64_t c = 0; c < in; ++c) row[c] = x[n * in + plan.col_perm[c]];
+    // strip (n / kDepthBlock, tile j) starts at ((n / kDepthBlock) * tiles + j) * kDepthBlock * TC
+    scalar_t* row = dst + ((n / kDepthBlock) * tiles * kDepthBlock + n % kDepthBlock) * TC;
+    const scalar_t* src = x + n * in;
+    for (int64_t j = 0; j < tiles; ++j, row += kDepthBlock * TC) {
+      const int64_t count = std::min(TC, in - j * TC);
+      for (int64_t t = 0; t < count; ++t) row[t] = src[plan.col(j * TC + t)];
+      std::fill(row + count, row + TC, scalar_t(0));
     }
-    std::fill(row + in, row + ld, scalar_t(0));
   }
 }
 
@@ -244,17 +248,21 @@ template <typename scalar_t>
 at::Tensor permuted_columns(const at::Tensor& x, const MaskPlan& plan) {
   if (plan.col_perm.empty()) return x;
   at::Tensor xp = at::empty_like(x);
+  const int64_t in = plan.in_features;
+  const scalar_t* src = x.data_ptr<scalar_t>();
+  scalar_t* dst = xp.data_ptr<scalar_t>();
   at::parallel_for(0, x.size(0), 64, [&](int64_t n0, int64_t n1) {
-    permute_rows(x.data_ptr<scalar_t>(), plan, {n0, n1}, xp.data_ptr<scalar_t>(), plan.in_features);
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t c = 0; c < in; ++c) dst[n * in + c] = src[n * in + plan.col_perm[c]];
   });
   return xp;
 }
 
 // One tile of C = A B: c[i, 0:width] = sum over k < depth of A(i, k) B(k, 0:width) for the rows
 // i < rows <= kTileRows, where A(i, k) = a[i * a_row + k * a_k] and B(k, :) = b[k * b_k + 0:kTileCols]
-// (a packed tile, or padded x); depth 0 writes zeros, and with accumulate c += instead. The 12
-// accumulators are named variables: GCC 12 keeps an array of them in registers but also stores it to the
-// stack at every k. Missing rows repeat the last row's A (computed, not stored).
+// (a packed tile of the weight, or a strip of x); depth 0 writes zeros, and with accumulate c += instead.
+// The 12 accumulators are named variables: GCC 12 keeps an array of them in registers but also stores it
+// to the stack at every k. Missing rows repeat the last row's A (computed, not stored).
 template <typename scalar_t>
 void gemm_tile(const scalar_t* a, int64_t a_row, int64_t a_k, int64_t rows, const scalar_t* b, int64_t b_k,
                int64_t depth, scalar_t* c, int64_t ldc, int64_t width, bool accumulate = false) {
@@ -317,7 +325,20 @@ void block_gemm(const scalar_t* a, int64_t lda, const at::Tensor& b_packed, cons
   }
 }
 
-Range block_of(int64_t block, int64_t N) { return {block * kRowBlock, std::min(N, (block + 1) * kRowBlock)}; }
+// Calls block_fn(thread, rows) on blocks of at most kRowBlock of the rows [0, N), in parallel: thread t
+// of T takes the tiles of kTileRows rows [t * tiles / T, (t + 1) * tiles / T). (at::parallel_for over
+// the blocks gave the thread holding the short last block less work: 608 against 672 of 1280 rows.)
+template <typename F>
+void for_row_blocks(int64_t N, const F& block_fn) {
+  const int64_t threads = at::get_num_threads(), tiles = (N + kTileRows - 1) / kTileRows;
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t end = std::min(N, (t + 1) * tiles / threads * kTileRows);
+      for (int64_t row = std::min(N, t * tiles / threads * kTileRows); row < end; row += kRowBlock)
+        block_fn(t, Range{row, std::min(end, row + kRowBlock)});
+    }
+  });
+}
 
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const scalar_t* bias, Activation act,
@@ -331,26 +352,23 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const scalar_
   at::Tensor yp = plan.row_perm.empty() ? y : at::empty_like(y);
   const scalar_t* x_data = xp.data_ptr<scalar_t>();
   scalar_t *y_data = y.data_ptr<scalar_t>(), *yp_data = yp.data_ptr<scalar_t>();
-  at::parallel_for(0, (N + kRowBlock - 1) / kRowBlock, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t block = b0; block < b1; ++block) {
-      const Range rows = block_of(block, N);
-      block_gemm<scalar_t>(x_data, in, wm_t, depths, yp_data, out, rows);
-      // Epilogue: y = act(y + b), in place, or scattered back to the original row order.
-      for (int64_t n = rows.begin; n < rows.end; ++n) {
-        scalar_t* y_row = y_data + n * out;
-        if (plan.row_perm.empty()) {
-          for (int64_t o = 0; o < out; o += V::size()) {
-            const int64_t count = std::min<int64_t>(V::size(), out - o);
-            V v = V::loadu(y_row + o, count);
-            if (bias != nullptr) v = v + V::loadu(bias + o, count);
-            activate(v, act).store(y_row + o, count);
-          }
-        } else {
-          const scalar_t* yp_row = yp_data + n * out;
-          for (int64_t r = 0; r < out; ++r) {
-            const int64_t o = plan.row_perm[r];
-            y_row[o] = activate(yp_row[r] + (bias != nullptr ? bias[o] : scalar_t(0)), act);
-          }
+  for_row_blocks(N, [&](int64_t, Range rows) {
+    block_gemm<scalar_t>(x_data, in, wm_t, depths, yp_data, out, rows);
+    // Epilogue: y = act(y + b), in place, or scattered back to the original row order.
+    for (int64_t n = rows.begin; n < rows.end; ++n) {
+      scalar_t* y_row = y_data + n * out;
+      if (plan.row_perm.empty()) {
+        for (int64_t o = 0; o < out; o += V::size()) {
+          const int64_t count = std::min<int64_t>(V::size(), out - o);
+          V v = V::loadu(y_row + o, count);
+          if (bias != nullptr) v = v + V::loadu(bias + o, count);
+          activate(v, act).store(y_row + o, count);
+        }
+      } else {
+        const scalar_t* yp_row = yp_data + n * out;
+        for (int64_t r = 0; r < out; ++r) {
+          const int64_t o = plan.row_perm[r];
+          y_row[o] = activate(yp_row[r] + (bias != nullptr ? bias[o] : scalar_t(0)), act);
         }
       }
     }
@@ -366,64 +384,61 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
   const int64_t N = x.size(0), out = plan.out_features, in = plan.in_features;
   const at::Tensor wm = packed_weight<scalar_t>(weight, plan, /*transpose=*/false);
   const std::vector<Range> depths = tile_depths<scalar_t>(plan.col_rows);  // tile of inputs -> its outputs
-  // grad_W's operands: gz = d loss / d pre-activation in permuted row order (rows ld apart) and x in
-  // permuted column order, padded to whole tiles (rows ldx apart). Rows are an odd number of cache lines
-  // apart, so that the column strips grad_W reads (kDepthBlock rows) spread over all L1 sets (rows 2 KB
-  // apart share 2 of its 64).
+  // grad_W's operands: gz = d loss / d pre-activation in permuted row order, rows ld apart, and x packed
+  // into strips (pack_input_strips). gz's rows are an odd number of cache lines apart, so that the column
+  // strips grad_W reads (kDepthBlock rows) spread over all L1 sets (rows 2 KB apart share 2 of its 64).
   constexpr int64_t kLine = 64 / sizeof(scalar_t);
-  const auto odd_lines = [](int64_t width) { return ((width + kLine - 1) / kLine | 1) * kLine; };
-  const int64_t ld = odd_lines(out), ldx = odd_lines((in + TC - 1) / TC * TC);
+  const int64_t ld = ((out + kLine - 1) / kLine | 1) * kLine, in_tiles = (in + TC - 1) / TC;
   const at::Tensor gz = scratch_buffer(kGradSlot, {N, ld}, grad.options());
-  const at::Tensor x_padded = scratch_buffer(kInputSlot, {N, ldx}, x.options());
+  const int64_t depth_blocks = (N + kDepthBlock - 1) / kDepthBlock;
+  const at::Tensor x_strips = scratch_buffer(kInputSlot, {depth_blocks, in_tiles, kDepthBlock, TC}, x.options());
   at::Tensor gxp = plan.col_perm.empty() ? grad_x : at::empty_like(grad_x);
-  const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
-  // Per-block column sums of gz.
-  at::Tensor bias_partials = scratch_buffer(kBiasSlot, {blocks, out}, grad.options()).zero_();
+  // Per-thread column sums of gz.
+  at::Tensor bias_partials = scratch_buffer(kBiasSlot, {at::get_num_threads(), out}, grad.options()).zero_();
   const scalar_t* g = grad.data_ptr<scalar_t>();
+  const bool grad_by_column = grad.stride(1) == 1;  // else 0: one value per row
   scalar_t *gz_data = gz.data_ptr<scalar_t>(), *partials = bias_partials.data_ptr<scalar_t>();
   scalar_t *gx_data = grad_x.data_ptr<scalar_t>(), *gxp_data = gxp.data_ptr<scalar_t>();
-  scalar_t* xb = x_padded.data_ptr<scalar_t>();
+  scalar_t* xs = x_strips.data_ptr<scalar_t>();
 
-  // Pass 1, per block of rows: gz (activation gradient, permuted), its column sums, grad_x, padded x.
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t block = b0; block < b1; ++block) {
-      const Range rows = block_of(block, N);
-      scalar_t* partial = partials + block * out;
-      for (int64_t n = rows.begin; n < rows.end; ++n) {
-        scalar_t* gz_row = gz_data + n * ld;
-        const scalar_t *g_row = g + n * out, *out_row = output != nullptr ? output + n * out : nullptr;
-        if (plan.row_perm.empty()) {
-          for (int64_t r = 0; r < out; r += V::size()) {
-            const int64_t count = std::min<int64_t>(V::size(), out - r);
-            const V o = out_row != nullptr ? V::loadu(out_row + r, count) : V(0);
-            activation_grad(V::loadu(g_row + r, count), o, act).store(gz_row + r, count);
-          }
-        } else {
-          for (int64_t r = 0; r < out; ++r) {
-            const int64_t o = plan.row_perm[r];
-            gz_row[r] = activation_grad(g_row[o], out_row != nullptr ? out_row[o] : scalar_t(0), act);
-          }
-        }
+  // Pass 1, per block of rows: gz (activation gradient, permuted), its column sums, grad_x, x strips.
+  for_row_blocks(N, [&](int64_t thread, Range rows) {
+    scalar_t* partial = partials + thread * out;
+    for (int64_t n = rows.begin; n < rows.end; ++n) {
+      scalar_t* gz_row = gz_data + n * ld;
+      const scalar_t *g_row = g + n * grad.stride(0), *out_row = output != nullptr ? output + n * out : nullptr;
+      if (plan.row_perm.empty()) {
         for (int64_t r = 0; r < out; r += V::size()) {
           const int64_t count = std::min<int64_t>(V::size(), out - r);
-          (V::loadu(partial + r, count) + V::loadu(gz_row + r, count)).store(partial + r, count);
+          const V o = out_row != nullptr ? V::loadu(out_row + r, count) : V(0);
+          const V g_r = grad_by_column ? V::loadu(g_row + r, count) : V(g_row[0]);
+          activation_grad(g_r, o, act).store(gz_row + r, count);
+        }
+      } else {
+        for (int64_t r = 0; r < out; ++r) {
+          const int64_t o = plan.row_perm[r];
+          gz_row[r] = activation_grad(g_row[o * grad.stride(1)], out_row != nullptr ? out_row[o] : scalar_t(0), act);
         }
       }
-      // gx[rows] = gz[rows] @ Wm
-      block_gemm<scalar_t>(gz_data, ld, wm, depths, gxp_data, in, rows);
-      if (!plan.col_perm.empty()) {
-        for (int64_t n = rows.begin; n < rows.end; ++n)
-          for (int64_t col = 0; col < in; ++col) gx_data[n * in + plan.col_perm[col]] = gxp_data[n * in + col];
+      for (int64_t r = 0; r < out; r += V::size()) {
+        const int64_t count = std::min<int64_t>(V::size(), out - r);
+        (V::loadu(partial + r, count) + V::loadu(gz_row + r, count)).store(partial + r, count);
       }
-      permute_rows(x.data_ptr<scalar_t>(), plan, rows, xb, ldx);  // grad_W's B operand
     }
+    // gx[rows] = gz[rows] @ Wm
+    block_gemm<scalar_t>(gz_data, ld, wm, depths, gxp_data, in, rows);
+    if (!plan.col_perm.empty()) {
+      for (int64_t n = rows.begin; n < rows.end; ++n)
+        for (int64_t col = 0; col < in; ++col) gx_data[n * in + plan.col_perm[col]] = gxp_data[n * in + col];
+    }
+    pack_input_strips(x.data_ptr<scalar_t>(), plan, rows, xs);  // grad_W's B operand
   });
   const at::Tensor bias_sums = bias_partials.sum(0);  // permuted order
   const scalar_t* sums = bias_sums.data_ptr<scalar_t>();
   for (int64_t r = 0; r < out; ++r) grad_b.data_ptr<scalar_t>()[plan.row(r)] = sums[r];
 
   // Pass 2: grad_W = gz^T @ x (K = N) on the tiles of kTileRows rows x kTileCols columns that hold kept
-  // entries: A(r, n) = gz[n, r], B = padded x. K runs in blocks of kDepthBlock, so a tile's two operand
+  // entries: A(r, n) = gz[n, r], B = x strips. K runs in blocks of kDepthBlock, so a tile's two operand
   // strips stay in L1. The staircase makes later rows costlier, so threads take every threads-th tile
   // row. Then each thread sets its rows to exactly 0 outside the mask (also where no GEMM wrote), in the
   // original order.
@@ -454,8 +469,9 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
           const Range rows{i * kTileRows, std::min(out, (i + 1) * kTileRows)};
           const Range cols = hull(plan.row_cols, rows.begin, rows.end);
           for (int64_t j = cols.begin / TC; j * TC < cols.end; ++j)
-            gemm_tile<scalar_t>(gz_data + k * ld + rows.begin, 1, ld, rows.size(), xb + k * ldx + j * TC, ldx,
-                                depth, gwp_data + rows.begin * in + j * TC, in, std::min(TC, in - j * TC), k > 0);
+            gemm_tile<scalar_t>(gz_data + k * ld + rows.begin, 1, ld, rows.size(),
+                                xs + (k / kDepthBlock * in_tiles + j) * kDepthBlock * TC, TC, depth,
+                                gwp_data + rows.begin * in + j * TC, in, std::min(TC, in - j * TC), k > 0);
         }
       }
       for (int64_t r = t * kTileRows; r < out; r += threads * kTileRows)
@@ -489,9 +505,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
   check_masked_linear_grad_args(grad, x, weight, output, act);
   const int64_t out = weight.size(0), in = weight.size(1);
   const at::Tensor x2 = as_matrix(x, in), wc = weight.contiguous();
-  // The gradient of a sum is one value expanded (strides 0): copied into a kept buffer, not a new one.
+  // The kernel reads the gradient's rows with any stride and its columns with stride 1 or 0, so the
+  // gradient of a sum or mean (one value expanded, strides 0) is read in place; other layouts are copied
+  // into a kept buffer.
   const at::Tensor g_view = grad.to(x.scalar_type()).reshape({x2.size(0), out});
-  const at::Tensor g2 = g_view.is_contiguous()
+  const at::Tensor g2 = g_view.stride(1) == 1 || g_view.stride(1) == 0
                             ? g_view
                             : scratch_buffer(kGradInSlot, g_view.sizes(), g_view.options()).copy_(g_view);
   const at::Tensor out2 = output.has_value() ? as_matrix(output->to(x.scalar_type()), out)
