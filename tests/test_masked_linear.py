@@ -151,6 +151,19 @@ def test_many_rows(backend, dtype):
         torch.testing.assert_close(got, want, **tol)
 
 
+def test_depth_over_one_chunk(backend):
+    """600 inputs and 530 outputs: the C++ forward and grad_x GEMMs run K in chunks of 512, the second
+    one accumulating (and tiles whose range starts in it got zeros from the first)."""
+    _, device = backend
+    mask = made_layer_mask(600, 530, order="random", seed=4).to(device)
+    x, weight, bias = inputs((9,), 600, 530, device=device, requires_grad=True)
+    y = masked_linear(x, weight, mask, bias, "relu")
+    torch.testing.assert_close(y.double(), dense_reference(x, weight, mask, bias, "relu"), rtol=1e-5, atol=1e-5)
+    for got, want in zip(weighted_grads(y, (x, weight, bias)),
+                         weighted_grads(masked_linear_ref(x, weight, mask, bias, "relu"), (x, weight, bias))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("layout", ["sum", "per row", "per column", "transposed", "contiguous"])
 @pytest.mark.parametrize("activation", [None, "relu"])
 def test_incoming_gradient_layouts(backend, layout, activation):

@@ -72,6 +72,9 @@ constexpr int64_t kTileCols = 2 * Vec<scalar_t>::size();
 // Rows of A per cache block of the forward and grad_x GEMMs (a block of x or gz stays in L2 while every
 // column tile of the weight runs over it); a multiple of kTileRows.
 constexpr int64_t kRowBlock = 96;
+// K per pass of those GEMMs over a block: 96 x 512 floats of A (192 KB) stay in L2. The MADE output
+// layer's grad_x has K = 3000 (a 1.1 MB block of gz, re-read from L3 for every tile of columns).
+constexpr int64_t kDepthChunk = 512;
 // K per block of grad_W's GEMM (K = the rows of x): a tile's operand strips, kDepthBlock x (6 + 16) floats,
 // stay in L1.
 constexpr int64_t kDepthBlock = 128;
@@ -309,19 +312,23 @@ std::vector<Range> tile_depths(const std::vector<Range>& lines) {
 }
 
 // C[rows, :] = A[rows, :] B for a block of A's rows (A row-major with row stride lda, C [.., cols] with
-// row stride cols), tile by tile of B's columns, each tile over its K range only.
+// row stride cols), tile by tile of B's columns, each tile over its K range only, in chunks of
+// kDepthChunk of K (the first chunk writes C, also zeros where a tile's range starts later).
 template <typename scalar_t>
 void block_gemm(const scalar_t* a, int64_t lda, const at::Tensor& b_packed, const std::vector<Range>& depths,
                 scalar_t* c, int64_t cols, Range rows) {
   constexpr int64_t TC = kTileCols<scalar_t>;
   const int64_t K = b_packed.size(1);
   const scalar_t* b = b_packed.data_ptr<scalar_t>();
-  for (int64_t j = 0; j < int64_t(depths.size()); ++j) {
-    const Range k = depths[j];
-    for (int64_t m = rows.begin; m < rows.end; m += kTileRows)
-      gemm_tile<scalar_t>(a + m * lda + k.begin, lda, 1, std::min<int64_t>(kTileRows, rows.end - m),
-                          b + (j * K + k.begin) * TC, TC, k.size(), c + m * cols + j * TC, cols,
-                          std::min(TC, cols - j * TC));
+  for (int64_t chunk = 0; chunk == 0 || chunk < K; chunk += kDepthChunk) {
+    for (int64_t j = 0; j < int64_t(depths.size()); ++j) {
+      const Range k{std::max(depths[j].begin, chunk), std::min(depths[j].end, chunk + kDepthChunk)};
+      if (chunk > 0 && k.size() <= 0) continue;
+      for (int64_t m = rows.begin; m < rows.end; m += kTileRows)
+        gemm_tile<scalar_t>(a + m * lda + k.begin, lda, 1, std::min<int64_t>(kTileRows, rows.end - m),
+                            b + (j * K + k.begin) * TC, TC, std::max<int64_t>(k.size(), 0), c + m * cols + j * TC,
+                            cols, std::min(TC, cols - j * TC), /*accumulate=*/chunk > 0);
+    }
   }
 }
 
