@@ -400,8 +400,10 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
   const int64_t depth_blocks = (N + kDepthBlock - 1) / kDepthBlock;
   const at::Tensor x_strips = scratch_buffer(kInputSlot, {depth_blocks, in_tiles, kDepthBlock, TC}, x.options());
   at::Tensor gxp = plan.col_perm.empty() ? grad_x : at::empty_like(grad_x);
-  // Per-thread column sums of gz.
-  at::Tensor bias_partials = scratch_buffer(kBiasSlot, {at::get_num_threads(), out}, grad.options()).zero_();
+  // Column sums of gz per tile of kTileRows rows (a tile never straddles two threads' rows), added up in
+  // a fixed order below: grad_b has the same bits for any thread count.
+  const int64_t row_tiles = (N + kTileRows - 1) / kTileRows;
+  const at::Tensor bias_partials = scratch_buffer(kBiasSlot, {row_tiles, out}, grad.options());
   const scalar_t* g = grad.data_ptr<scalar_t>();
   const bool grad_by_column = grad.stride(1) == 1;  // else 0: one value per row
   scalar_t *gz_data = gz.data_ptr<scalar_t>(), *partials = bias_partials.data_ptr<scalar_t>();
@@ -409,9 +411,9 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
   scalar_t* xs = x_strips.data_ptr<scalar_t>();
 
   // Pass 1, per block of rows: gz (activation gradient, permuted), its column sums, grad_x, x strips.
-  for_row_blocks(N, [&](int64_t thread, Range rows) {
-    scalar_t* partial = partials + thread * out;
+  for_row_blocks(N, [&](int64_t, Range rows) {
     for (int64_t n = rows.begin; n < rows.end; ++n) {
+      scalar_t* partial = partials + n / kTileRows * out;
       scalar_t* gz_row = gz_data + n * ld;
       const scalar_t *g_row = g + n * grad.stride(0), *out_row = output != nullptr ? output + n * out : nullptr;
       if (plan.row_perm.empty()) {
@@ -429,7 +431,8 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
       }
       for (int64_t r = 0; r < out; r += V::size()) {
         const int64_t count = std::min<int64_t>(V::size(), out - r);
-        (V::loadu(partial + r, count) + V::loadu(gz_row + r, count)).store(partial + r, count);
+        const V gz_r = V::loadu(gz_row + r, count);
+        (n % kTileRows == 0 ? gz_r : V::loadu(partial + r, count) + gz_r).store(partial + r, count);
       }
     }
     // gx[rows] = gz[rows] @ Wm
@@ -440,8 +443,13 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
     }
     pack_input_strips(x.data_ptr<scalar_t>(), plan, rows, xs);  // grad_W's B operand
   });
-  const at::Tensor bias_sums = bias_partials.sum(0);  // permuted order
-  const scalar_t* sums = bias_sums.data_ptr<scalar_t>();
+  std::vector<scalar_t> sums(partials, partials + out);  // permuted order
+  for (int64_t tile = 1; tile < row_tiles; ++tile) {
+    for (int64_t r = 0; r < out; r += V::size()) {
+      const int64_t count = std::min<int64_t>(V::size(), out - r);
+      (V::loadu(sums.data() + r, count) + V::loadu(partials + tile * out + r, count)).store(sums.data() + r, count);
+    }
+  }
   for (int64_t r = 0; r < out; ++r) grad_b.data_ptr<scalar_t>()[plan.row(r)] = sums[r];
 
   // Pass 2: grad_W = gz^T @ x (K = N) on the tiles of kTileRows rows x kTileCols columns that hold kept
