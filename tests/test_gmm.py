@@ -118,6 +118,27 @@ def test_extreme_values_are_finite_and_accurate(backend):
         assert torch.isfinite(g).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("K", [1, 5, 20])
+def test_parameters_unbound_from_one_output(backend, K, dtype):
+    """logits, mu and log_sigma as the slices of one [..., 3, K] tensor (a network's output layer): the C++
+    kernels read their rows 3K apart in place. 3 x 67 elements: full and short blocks of 8 or 16 lanes,
+    and a short last chunk of the backward."""
+    _, device = backend
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 67, generator=g, dtype=dtype).to(device)
+    params = torch.randn(3, 67, 3, K, generator=g, dtype=dtype).to(device).requires_grad_()
+    logits, mu, log_sigma = params.unbind(-2)
+    out = gmm_log_prob(x, logits, mu, log_sigma)
+    want = gmm_log_prob_ref(x, logits, mu, log_sigma)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(out, want, **tol)
+    weights = torch.linspace(0.5, 1.5, out.numel(), dtype=dtype, device=device).view_as(out)
+    got, = torch.autograd.grad((out * weights).sum(), params)
+    expected, = torch.autograd.grad((want * weights).sum(), params)
+    torch.testing.assert_close(got, expected, **tol)
+
+
 def test_non_contiguous_and_broadcast_inputs(backend):
     _, device = backend
     x, logits, mu, log_sigma = per_element_inputs((6, 20), 5, device=device)

@@ -10,6 +10,7 @@
 // the backward recomputes the rest.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorUtils.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/ops/empty.h>
@@ -72,35 +73,44 @@ struct Block {
   }
 };
 
-// Copy the first count rows of a [count, K] array into a zero-padded [W, K] scratch array.
+// Copy count rows of K values, ld apart in src, into a zero-padded contiguous [W, K] scratch array.
 template <typename scalar_t>
-const scalar_t* pad_block(const scalar_t* src, int64_t count, int64_t K, scalar_t* scratch) {
-  std::fill(scratch, scratch + Vec<scalar_t>::size() * K, scalar_t(0));
-  std::copy(src, src + count * K, scratch);
+const scalar_t* pad_block(const scalar_t* src, int64_t ld, int64_t count, int64_t K, scalar_t* scratch) {
+  std::fill(scratch + count * K, scratch + Vec<scalar_t>::size() * K, scalar_t(0));
+  for (int64_t n = 0; n < count; ++n) std::copy(src + n * ld, src + n * ld + K, scratch + n * K);
   return scratch;
 }
 
 constexpr int64_t kBlocksPerTask = 16;  // grain of at::parallel_for, in blocks of W elements
 
+// Parameters [N, K] whose rows are ld >= K apart (ld > K: e.g. logits, mu and log_sigma unbound from
+// one [..., 3, K] tensor, as a network's output layer gives them), read in place.
 template <typename scalar_t>
-void gmm_forward_kernel(const scalar_t* x, const scalar_t* logits, const scalar_t* mu,
-                        const scalar_t* log_sigma, int64_t N, int64_t K, scalar_t lo, scalar_t hi,
+struct ParamRows {
+  const scalar_t* data;
+  int64_t ld;
+  const scalar_t* row(int64_t n) const { return data + n * ld; }
+};
+
+template <typename scalar_t>
+void gmm_forward_kernel(const scalar_t* x, ParamRows<scalar_t> logits, ParamRows<scalar_t> mu,
+                        ParamRows<scalar_t> log_sigma, int64_t N, int64_t K, scalar_t lo, scalar_t hi,
                         scalar_t* log_prob, scalar_t* lse_components, scalar_t* lse_logits) {
   using V = Vec<scalar_t>;
   constexpr int64_t W = V::size();
   const Block<scalar_t> block(K);
   at::parallel_for(0, (N + W - 1) / W, kBlocksPerTask, [&](int64_t b0, int64_t b1) {
-    std::vector<scalar_t> buf(8 * K * W);  // a_k and logit_k per lane, 3 padded tail inputs, 3 transposed
+    std::vector<scalar_t> buf(8 * K * W);  // a_k and logit_k per lane, 3 padded or gathered inputs, 3 transposed
     scalar_t *t_a = buf.data(), *t_logit = t_a + K * W, *tail = t_logit + K * W, *transposed = tail + 3 * K * W;
     const V vlo(lo), vhi(hi), neg_inf(-std::numeric_limits<scalar_t>::infinity());
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * W, count = std::min(W, N - n0);
-      const scalar_t *l_in = logits + n0 * K, *mu_in = mu + n0 * K, *ls_in = log_sigma + n0 * K;
-      if (count < W) {
-        l_in = pad_block(l_in, count, K, tail);
-        mu_in = pad_block(mu_in, count, K, tail + K * W);
-        ls_in = pad_block(ls_in, count, K, tail + 2 * K * W);
-      }
+      // A short last block, or rows apart: copied into contiguous [W, K] scratch first.
+      const auto block_rows = [&](ParamRows<scalar_t> p, scalar_t* scratch) {
+        return count < W || p.ld != K ? pad_block(p.row(n0), p.ld, count, K, scratch) : p.row(n0);
+      };
+      const scalar_t *l_in = block_rows(logits, tail), *mu_in = block_rows(mu, tail + K * W);
+      const scalar_t* ls_in = block_rows(log_sigma, tail + 2 * K * W);
       l_in = block.prepare(l_in, transposed);
       mu_in = block.prepare(mu_in, transposed + K * W);
       ls_in = block.prepare(ls_in, transposed + 2 * K * W);
@@ -144,18 +154,20 @@ scalar_t sum_row(const scalar_t* row, int64_t K) {
 constexpr int64_t kBackwardChunk = 64;  // elements per chunk: 64 * K values stay in L1
 
 template <typename scalar_t>
-void gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, const scalar_t* logits,
-                         const scalar_t* mu, const scalar_t* log_sigma, const scalar_t* lse_components,
+void gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, ParamRows<scalar_t> logits,
+                         ParamRows<scalar_t> mu, ParamRows<scalar_t> log_sigma, const scalar_t* lse_components,
                          const scalar_t* lse_logits, int64_t N, int64_t K, scalar_t lo, scalar_t hi,
                          scalar_t* d_x, scalar_t* d_logits, scalar_t* d_mu, scalar_t* d_log_sigma) {
   using V = Vec<scalar_t>;
   constexpr int64_t W = V::size();
   at::parallel_for(0, (N + kBackwardChunk - 1) / kBackwardChunk, 4, [&](int64_t c0, int64_t c1) {
-    // Per-element values repeated K times; W spare slots at the end of each (see below).
-    const int64_t rep_size = kBackwardChunk * K + W;
-    std::vector<scalar_t> buf(K > 1 ? 4 * rep_size : 0);
+    // Per-element values repeated K times; W spare slots at the end of each (see below). Then the
+    // chunk's parameters, when their rows are apart, gathered into contiguous [kBackwardChunk, K].
+    const int64_t rep_size = kBackwardChunk * K + W, chunk_size = kBackwardChunk * K;
+    std::vector<scalar_t> buf((K > 1 ? 4 * rep_size : 0) + 3 * chunk_size);
     scalar_t *x_rep = buf.data(), *g_rep = x_rep + rep_size;
     scalar_t *lse_a_rep = g_rep + rep_size, *lse_l_rep = lse_a_rep + rep_size;
+    scalar_t* gathered = buf.data() + (K > 1 ? 4 * rep_size : 0);
     const V vlo(lo), vhi(hi);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t n0 = c * kBackwardChunk, n1 = std::min(N, n0 + kBackwardChunk), size = (n1 - n0) * K;
@@ -174,12 +186,19 @@ void gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, const scalar_t
         }
         xs = x_rep, gs = g_rep, lse_a = lse_a_rep, lse_l = lse_l_rep;
       }
+      const auto chunk_rows = [&](ParamRows<scalar_t> p, scalar_t* scratch) {
+        if (p.ld == K) return p.row(n0);
+        for (int64_t n = n0; n < n1; ++n) std::copy(p.row(n), p.row(n) + K, scratch + (n - n0) * K);
+        return static_cast<const scalar_t*>(scratch);
+      };
+      const scalar_t *l_in = chunk_rows(logits, gathered), *mu_in = chunk_rows(mu, gathered + chunk_size);
+      const scalar_t* ls_in = chunk_rows(log_sigma, gathered + 2 * chunk_size);
       const int64_t off = n0 * K;
       for (int64_t i = 0; i < size; i += W) {
         const int64_t count = std::min(W, size - i);
         V z, inv_sigma, dmu, dls;
-        const V l = V::loadu(logits + off + i, count), ls_raw = V::loadu(log_sigma + off + i, count);
-        const V a = l + gaussian_log_density(V::loadu(xs + i, count), V::loadu(mu + off + i, count),
+        const V l = V::loadu(l_in + i, count), ls_raw = V::loadu(ls_in + i, count);
+        const V a = l + gaussian_log_density(V::loadu(xs + i, count), V::loadu(mu_in + i, count),
                                              clamp_of(ls_raw, vlo, vhi), z, inv_sigma);
         const V g = V::loadu(gs + i, count);
         const V r = g * exp_of(a - V::loadu(lse_a + i, count));
@@ -287,17 +306,31 @@ void diag_gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, const sca
 
 using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;  // log p, lse of a_k, lse of logits
 
+// p [..., K] as N rows of K: in place when its batch dimensions merge into one stride ld >= K (the slices
+// of a [..., 3, K] tensor do, with ld = 3K), else from a contiguous copy, which `kept` holds.
+template <typename scalar_t>
+ParamRows<scalar_t> param_rows(const at::Tensor& p, int64_t N, at::Tensor& kept) {
+  const int64_t K = p.size(-1);
+  const std::vector<int64_t> rows{N, K};
+  const auto strides = at::detail::computeStride(p.sizes(), p.strides(), at::IntArrayRef(rows));
+  const bool in_place = strides.has_value() && (K == 1 || (*strides)[1] == 1) && (*strides)[0] >= K;
+  kept = in_place ? p : p.contiguous();
+  return {kept.data_ptr<scalar_t>(), in_place ? (*strides)[0] : K};
+}
+
 Outputs gmm_log_prob_cpu(const at::Tensor& x, const at::Tensor& logits,
                                                     const at::Tensor& mu, const at::Tensor& log_sigma,
                                                     double lo, double hi) {
   check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/false);
-  auto xc = x.contiguous(), lc = logits.contiguous(), mc = mu.contiguous(), sc = log_sigma.contiguous();
+  auto xc = x.contiguous();
   auto log_prob = at::empty_like(xc), lse_components = at::empty_like(xc), lse_logits = at::empty_like(xc);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_log_prob_cpu", [&] {
-    gmm_forward_kernel<scalar_t>(xc.data_ptr<scalar_t>(), lc.data_ptr<scalar_t>(), mc.data_ptr<scalar_t>(),
-                                 sc.data_ptr<scalar_t>(), xc.numel(), logits.size(-1), lo, hi,
-                                 log_prob.data_ptr<scalar_t>(), lse_components.data_ptr<scalar_t>(),
-                                 lse_logits.data_ptr<scalar_t>());
+    const int64_t N = xc.numel();
+    at::Tensor lc, mc, sc;
+    gmm_forward_kernel<scalar_t>(xc.data_ptr<scalar_t>(), param_rows<scalar_t>(logits, N, lc),
+                                 param_rows<scalar_t>(mu, N, mc), param_rows<scalar_t>(log_sigma, N, sc), N,
+                                 logits.size(-1), lo, hi, log_prob.data_ptr<scalar_t>(),
+                                 lse_components.data_ptr<scalar_t>(), lse_logits.data_ptr<scalar_t>());
   });
   return {log_prob, lse_components, lse_logits};
 }
@@ -308,17 +341,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_log_prob_backward
     double hi) {
   check_gmm_inputs(x, logits, mu, log_sigma, /*full_frame=*/false);
   check_gmm_backward_inputs(grad, lse_components, lse_logits, x, x.sizes());
-  auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous(), lc = logits.contiguous();
-  auto mc = mu.contiguous(), sc = log_sigma.contiguous();
+  auto gc = grad.contiguous().to(x.scalar_type()), xc = x.contiguous();
   auto pc = lse_components.contiguous(), ec = lse_logits.contiguous();
-  auto d_x = empty_buffer_like(xc), d_logits = empty_buffer_like(lc), d_mu = empty_buffer_like(mc);
-  auto d_log_sigma = empty_buffer_like(sc);
+  auto d_x = empty_buffer_like(xc), d_logits = empty_buffer_like(logits), d_mu = empty_buffer_like(mu);
+  auto d_log_sigma = empty_buffer_like(log_sigma);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_log_prob_backward_cpu", [&] {
-    gmm_backward_kernel<scalar_t>(gc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), lc.data_ptr<scalar_t>(),
-                                  mc.data_ptr<scalar_t>(), sc.data_ptr<scalar_t>(), pc.data_ptr<scalar_t>(),
-                                  ec.data_ptr<scalar_t>(), xc.numel(), logits.size(-1), lo, hi,
-                                  d_x.data_ptr<scalar_t>(), d_logits.data_ptr<scalar_t>(),
-                                  d_mu.data_ptr<scalar_t>(), d_log_sigma.data_ptr<scalar_t>());
+    const int64_t N = xc.numel();
+    at::Tensor lc, mc, sc;
+    gmm_backward_kernel<scalar_t>(gc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(),
+                                  param_rows<scalar_t>(logits, N, lc), param_rows<scalar_t>(mu, N, mc),
+                                  param_rows<scalar_t>(log_sigma, N, sc), pc.data_ptr<scalar_t>(),
+                                  ec.data_ptr<scalar_t>(), N, logits.size(-1), lo, hi, d_x.data_ptr<scalar_t>(),
+                                  d_logits.data_ptr<scalar_t>(), d_mu.data_ptr<scalar_t>(),
+                                  d_log_sigma.data_ptr<scalar_t>());
   });
   return {d_x, d_logits, d_mu, d_log_sigma};
 }
