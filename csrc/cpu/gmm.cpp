@@ -73,16 +73,6 @@ struct Block {
   }
 };
 
-// Copy count rows of K values, ld apart in src, into a zero-padded contiguous [W, K] scratch array.
-template <typename scalar_t>
-const scalar_t* pad_block(const scalar_t* src, int64_t ld, int64_t count, int64_t K, scalar_t* scratch) {
-  std::fill(scratch + count * K, scratch + Vec<scalar_t>::size() * K, scalar_t(0));
-  for (int64_t n = 0; n < count; ++n) std::copy(src + n * ld, src + n * ld + K, scratch + n * K);
-  return scratch;
-}
-
-constexpr int64_t kBlocksPerTask = 16;  // grain of at::parallel_for, in blocks of W elements
-
 // Parameters [N, K] whose rows are ld >= K apart (ld > K: e.g. logits, mu and log_sigma unbound from
 // one [..., 3, K] tensor, as a network's output layer gives them), read in place.
 template <typename scalar_t>
@@ -90,7 +80,27 @@ struct ParamRows {
   const scalar_t* data;
   int64_t ld;
   const scalar_t* row(int64_t n) const { return data + n * ld; }
+  // Copies rows [n0, n0 + count) into dst, contiguous [count, K].
+  void copy_rows(int64_t n0, int64_t count, int64_t K, scalar_t* dst) const {
+    for (int64_t n = 0; n < count; ++n) std::copy(row(n0 + n), row(n0 + n) + K, dst + n * K);
+  }
+  // Rows [n0, n0 + count) as a contiguous [count, K] array: in place, or copied into scratch.
+  const scalar_t* contiguous_rows(int64_t n0, int64_t count, int64_t K, scalar_t* scratch) const {
+    if (ld == K) return row(n0);
+    copy_rows(n0, count, K, scratch);
+    return scratch;
+  }
 };
+
+// Rows [n0, n0 + count) of p in a contiguous [W, K] scratch array, zero past row count.
+template <typename scalar_t>
+const scalar_t* pad_block(ParamRows<scalar_t> p, int64_t n0, int64_t count, int64_t K, scalar_t* scratch) {
+  p.copy_rows(n0, count, K, scratch);
+  std::fill(scratch + count * K, scratch + Vec<scalar_t>::size() * K, scalar_t(0));
+  return scratch;
+}
+
+constexpr int64_t kBlocksPerTask = 16;  // grain of at::parallel_for, in blocks of W elements
 
 template <typename scalar_t>
 void gmm_forward_kernel(const scalar_t* x, ParamRows<scalar_t> logits, ParamRows<scalar_t> mu,
@@ -107,7 +117,7 @@ void gmm_forward_kernel(const scalar_t* x, ParamRows<scalar_t> logits, ParamRows
       const int64_t n0 = b * W, count = std::min(W, N - n0);
       // A short last block, or rows apart: copied into contiguous [W, K] scratch first.
       const auto block_rows = [&](ParamRows<scalar_t> p, scalar_t* scratch) {
-        return count < W || p.ld != K ? pad_block(p.row(n0), p.ld, count, K, scratch) : p.row(n0);
+        return count < W ? pad_block(p, n0, count, K, scratch) : p.contiguous_rows(n0, W, K, scratch);
       };
       const scalar_t *l_in = block_rows(logits, tail), *mu_in = block_rows(mu, tail + K * W);
       const scalar_t* ls_in = block_rows(log_sigma, tail + 2 * K * W);
@@ -186,13 +196,9 @@ void gmm_backward_kernel(const scalar_t* grad, const scalar_t* x, ParamRows<scal
         }
         xs = x_rep, gs = g_rep, lse_a = lse_a_rep, lse_l = lse_l_rep;
       }
-      const auto chunk_rows = [&](ParamRows<scalar_t> p, scalar_t* scratch) {
-        if (p.ld == K) return p.row(n0);
-        for (int64_t n = n0; n < n1; ++n) std::copy(p.row(n), p.row(n) + K, scratch + (n - n0) * K);
-        return static_cast<const scalar_t*>(scratch);
-      };
-      const scalar_t *l_in = chunk_rows(logits, gathered), *mu_in = chunk_rows(mu, gathered + chunk_size);
-      const scalar_t* ls_in = chunk_rows(log_sigma, gathered + 2 * chunk_size);
+      const scalar_t* l_in = logits.contiguous_rows(n0, n1 - n0, K, gathered);
+      const scalar_t* mu_in = mu.contiguous_rows(n0, n1 - n0, K, gathered + chunk_size);
+      const scalar_t* ls_in = log_sigma.contiguous_rows(n0, n1 - n0, K, gathered + 2 * chunk_size);
       const int64_t off = n0 * K;
       for (int64_t i = 0; i < size; i += W) {
         const int64_t count = std::min(W, size - i);

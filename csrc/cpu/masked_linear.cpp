@@ -332,6 +332,16 @@ void block_gemm(const scalar_t* a, int64_t lda, const at::Tensor& b_packed, cons
   }
 }
 
+// dst[0:n) += src[0:n)
+template <typename scalar_t>
+void add_row(scalar_t* dst, const scalar_t* src, int64_t n) {
+  using V = Vec<scalar_t>;
+  for (int64_t i = 0; i < n; i += V::size()) {
+    const int64_t count = std::min<int64_t>(V::size(), n - i);
+    (V::loadu(dst + i, count) + V::loadu(src + i, count)).store(dst + i, count);
+  }
+}
+
 // Calls block_fn(thread, rows) on blocks of at most kRowBlock of the rows [0, N), in parallel: thread t
 // of T takes the tiles of kTileRows rows [t * tiles / T, (t + 1) * tiles / T). (at::parallel_for over
 // the blocks gave the thread holding the short last block less work: 608 against 672 of 1280 rows.)
@@ -429,10 +439,10 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
           gz_row[r] = activation_grad(g_row[o * grad.stride(1)], out_row != nullptr ? out_row[o] : scalar_t(0), act);
         }
       }
-      for (int64_t r = 0; r < out; r += V::size()) {
-        const int64_t count = std::min<int64_t>(V::size(), out - r);
-        const V gz_r = V::loadu(gz_row + r, count);
-        (n % kTileRows == 0 ? gz_r : V::loadu(partial + r, count) + gz_r).store(partial + r, count);
+      if (n % kTileRows == 0) {
+        std::copy(gz_row, gz_row + out, partial);
+      } else {
+        add_row(partial, gz_row, out);
       }
     }
     // gx[rows] = gz[rows] @ Wm
@@ -444,12 +454,7 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
     pack_input_strips(x.data_ptr<scalar_t>(), plan, rows, xs);  // grad_W's B operand
   });
   std::vector<scalar_t> sums(partials, partials + out);  // permuted order
-  for (int64_t tile = 1; tile < row_tiles; ++tile) {
-    for (int64_t r = 0; r < out; r += V::size()) {
-      const int64_t count = std::min<int64_t>(V::size(), out - r);
-      (V::loadu(sums.data() + r, count) + V::loadu(partials + tile * out + r, count)).store(sums.data() + r, count);
-    }
-  }
+  for (int64_t tile = 1; tile < row_tiles; ++tile) add_row(sums.data(), partials + tile * out, out);
   for (int64_t r = 0; r < out; ++r) grad_b.data_ptr<scalar_t>()[plan.row(r)] = sums[r];
 
   // Pass 2: grad_W = gz^T @ x (K = N) on the tiles of kTileRows rows x kTileCols columns that hold kept
