@@ -38,6 +38,15 @@ def weighted_grads(y, tensors):
     return torch.autograd.grad((y * w).sum(), [t for t in tensors if t is not None])
 
 
+def assert_relu_layer_matches(x, weight, mask, bias, **tol):
+    """The relu layer's output equals the dense reference and its gradients the pure-PyTorch reference's."""
+    y = masked_linear(x, weight, mask, bias, "relu")
+    torch.testing.assert_close(y.double(), dense_reference(x, weight, mask, bias, "relu"), **tol)
+    for got, want in zip(weighted_grads(y, (x, weight, bias)),
+                         weighted_grads(masked_linear_ref(x, weight, mask, bias, "relu"), (x, weight, bias))):
+        torch.testing.assert_close(got, want, **tol)
+
+
 MASKS = {
     "made L200->64": lambda: made_layer_mask(200, 64),
     "made 88 random->40": lambda: made_layer_mask(88, 40, order="random"),
@@ -129,11 +138,7 @@ def test_odd_sizes_and_float64(backend, n):
     _, device = backend
     mask = made_layer_mask(n, 2 * n + 1, order="random", seed=n).to(device)
     x, weight, bias = inputs((5,), n, 2 * n + 1, dtype=torch.float64, device=device, requires_grad=True)
-    y = masked_linear(x, weight, mask, bias, "relu")
-    torch.testing.assert_close(y, dense_reference(x, weight, mask, bias, "relu"))
-    for got, want in zip(weighted_grads(y, (x, weight, bias)),
-                         weighted_grads(masked_linear_ref(x, weight, mask, bias, "relu"), (x, weight, bias))):
-        torch.testing.assert_close(got, want)
+    assert_relu_layer_matches(x, weight, mask, bias)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -143,12 +148,8 @@ def test_many_rows(backend, dtype):
     _, device = backend
     mask = made_layer_mask(45, 70, order="random", seed=2).to(device)
     x, weight, bias = inputs((7, 43), 45, 70, dtype=dtype, device=device, requires_grad=True)
-    y = masked_linear(x, weight, mask, bias, "relu")
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
-    torch.testing.assert_close(y.double(), dense_reference(x, weight, mask, bias, "relu"), **tol)
-    for got, want in zip(weighted_grads(y, (x, weight, bias)),
-                         weighted_grads(masked_linear_ref(x, weight, mask, bias, "relu"), (x, weight, bias))):
-        torch.testing.assert_close(got, want, **tol)
+    assert_relu_layer_matches(x, weight, mask, bias, **tol)
 
 
 def test_depth_over_one_chunk(backend):
@@ -157,11 +158,7 @@ def test_depth_over_one_chunk(backend):
     _, device = backend
     mask = made_layer_mask(600, 530, order="random", seed=4).to(device)
     x, weight, bias = inputs((9,), 600, 530, device=device, requires_grad=True)
-    y = masked_linear(x, weight, mask, bias, "relu")
-    torch.testing.assert_close(y.double(), dense_reference(x, weight, mask, bias, "relu"), rtol=1e-5, atol=1e-5)
-    for got, want in zip(weighted_grads(y, (x, weight, bias)),
-                         weighted_grads(masked_linear_ref(x, weight, mask, bias, "relu"), (x, weight, bias))):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_relu_layer_matches(x, weight, mask, bias, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["sum", "per row", "per column", "transposed", "contiguous"])
